@@ -1,0 +1,3 @@
+"""diffpde: solving PDEs with generative diffusion models."""
+
+__version__ = "0.1.0"
