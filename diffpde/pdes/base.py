@@ -175,6 +175,9 @@ def register(cls: type[PDE]) -> type[PDE]:
     """Class decorator: register a PDE family under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    known = _REGISTRY.get(cls.name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"PDE name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
     _REGISTRY[cls.name] = cls
     return cls
 
