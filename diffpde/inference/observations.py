@@ -1,0 +1,377 @@
+"""Observation operators: maps from physical fields to measurements, with declared capabilities.
+
+An operator reads a batch of physical fields ``{name: [B, *shape]}`` (physical units, the grid of
+the PDE family) and returns measurements ``[B, m]``. It declares what it can do, so that a method
+needing a capability the operator lacks fails at once:
+
+- ``linear``: ``A(fields)`` is linear; then ``adjoint(y)`` maps ``[B, m]`` back to fields.
+- ``differentiable``: gradients flow through ``__call__`` (false for black boxes).
+- ``mask``: the operator selects grid entries (``masks()`` gives a boolean mask per field), the
+  structure that projection / inpainting needs.
+
+Every operator carries a Gaussian noise model ``y = A(fields) + noise_std * eps``; ``noise_std``
+is in the physical units of the measurements. :class:`Observations` pairs an operator with the
+measured values ``y`` and can be saved to / loaded from HDF5 with the observation coordinates.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+Fields = Mapping[str, Tensor]
+
+
+class ObservationOperator(abc.ABC):
+    """Base class: ``op(fields) -> [B, m]`` measurements of the fields ``op.fields``."""
+
+    linear: bool = False
+    differentiable: bool = True
+    mask: bool = False
+
+    def __init__(self, fields: Sequence[str], noise_std: float = 0.0) -> None:
+        if not np.isfinite(noise_std) or noise_std < 0:
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        self.fields = tuple(fields)
+        self.noise_std = float(noise_std)
+
+    @property
+    @abc.abstractmethod
+    def num_measurements(self) -> int:
+        """Number of measurements ``m`` per instance."""
+
+    @abc.abstractmethod
+    def __call__(self, fields: Fields) -> Tensor:
+        """Noise-free measurements ``[B, m]`` of a batch of physical fields."""
+
+    def adjoint(self, y: Tensor) -> dict[str, Tensor]:
+        """Adjoint ``A^T y`` as fields (linear operators only)."""
+        raise TypeError(f"{type(self).__name__} is not linear and has no adjoint")
+
+    def masks(self) -> dict[str, Tensor]:
+        """Boolean mask of the observed entries per field (mask operators only)."""
+        raise TypeError(f"{type(self).__name__} has no mask structure")
+
+    def measure(self, fields: Fields, generator: torch.Generator | None = None) -> Tensor:
+        """Noisy measurements ``A(fields) + noise_std * eps``."""
+        y = self(fields)
+        if self.noise_std > 0:
+            noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)
+            y = y + self.noise_std * noise
+        return y
+
+    def _get(self, fields: Fields, name: str) -> Tensor:
+        if name not in fields:
+            raise KeyError(f"{type(self).__name__} observes field {name!r}, which is not among {sorted(fields)}")
+        return fields[name]
+
+    def describe(self) -> str:
+        caps = [c for c in ("linear", "differentiable", "mask") if getattr(self, c)]
+        return f"{type(self).__name__}({', '.join(self.fields)}; m={self.num_measurements}; noise_std={self.noise_std:g}; {', '.join(caps) or 'black box'})"
+
+    def to_dict(self) -> dict:
+        raise TypeError(f"{type(self).__name__} cannot be saved")
+
+
+def require(op: ObservationOperator, method: str, *, linear: bool = False, differentiable: bool = False,
+            mask: bool = False) -> None:
+    """Raise a clear error when ``op`` lacks a capability that ``method`` needs."""
+    needs = {"linear": linear, "differentiable": differentiable, "mask": mask}
+    missing = [k for k, v in needs.items() if v and not getattr(op, k)]
+    if missing:
+        raise TypeError(f"method {method!r} needs a {' and '.join(missing)} observation operator; "
+                        f"got {op.describe()}")
+
+
+class MaskObservation(ObservationOperator):
+    """Observes the entries of ``field`` where ``mask`` is true (in row-major order)."""
+
+    linear = True
+    mask = True
+
+    def __init__(self, field: str, mask: Tensor | np.ndarray, noise_std: float = 0.0) -> None:
+        super().__init__((field,), noise_std)
+        self.field = field
+        self.mask_ = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+        if not self.mask_.any():
+            raise ValueError(f"mask for field {field!r} observes nothing")
+        self.index = torch.nonzero(self.mask_.flatten()).flatten()
+
+    @property
+    def num_measurements(self) -> int:
+        return int(self.index.numel())
+
+    def _check(self, t: Tensor) -> None:
+        if tuple(t.shape[1:]) != tuple(self.mask_.shape):
+            raise ValueError(f"field {self.field!r} has shape {list(t.shape)}, the mask expects [B, {', '.join(map(str, self.mask_.shape))}]")
+
+    def __call__(self, fields: Fields) -> Tensor:
+        t = self._get(fields, self.field)
+        self._check(t)
+        return t.reshape(t.shape[0], -1)[:, self.index.to(t.device)]
+
+    def adjoint(self, y: Tensor) -> dict[str, Tensor]:
+        out = torch.zeros(y.shape[0], self.mask_.numel(), dtype=y.dtype, device=y.device)
+        out[:, self.index.to(y.device)] = y
+        return {self.field: out.reshape(y.shape[0], *self.mask_.shape)}
+
+    def masks(self) -> dict[str, Tensor]:
+        return {self.field: self.mask_}
+
+    def coordinates(self) -> np.ndarray:
+        """Grid indices ``[m, ndim]`` of the observed entries."""
+        return np.stack(np.unravel_index(self.index.numpy(), tuple(self.mask_.shape)), axis=-1)
+
+    def to_dict(self) -> dict:
+        return {"type": "mask", "field": self.field, "shape": list(self.mask_.shape),
+                "indices": self.index.tolist(), "noise_std": self.noise_std}
+
+
+class SparsePoints(MaskObservation):
+    """Point measurements of ``field`` at grid nodes given by integer ``indices`` ``[m, ndim]``.
+
+    Use :meth:`random` for a random fraction of nodes, :meth:`at_coordinates` for physical
+    coordinates (snapped to the nearest node; points outside the domain are an error).
+    """
+
+    def __init__(self, field: str, shape: Sequence[int], indices: np.ndarray | Tensor, noise_std: float = 0.0) -> None:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1, len(shape))
+        if len(idx) == 0:
+            raise ValueError("SparsePoints needs at least one point")
+        if (idx < 0).any() or (idx >= np.asarray(shape)).any():
+            raise ValueError(f"SparsePoints: indices outside the grid {tuple(shape)}")
+        mask = np.zeros(tuple(shape), dtype=bool)
+        mask[tuple(idx.T)] = True
+        if mask.sum() != len(idx):
+            raise ValueError("SparsePoints: repeated points")
+        super().__init__(field, mask, noise_std)
+
+    @classmethod
+    def random(cls, field: str, shape: Sequence[int], fraction: float | None = None, *, count: int | None = None,
+               seed: int = 0, noise_std: float = 0.0) -> "SparsePoints":
+        """``count`` (or ``round(fraction * size)``) distinct nodes drawn uniformly with ``seed``."""
+        size = int(np.prod(shape))
+        if count is None:
+            if fraction is None or not 0 < fraction <= 1:
+                raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+            count = max(1, int(round(fraction * size)))
+        if not 0 < count <= size:
+            raise ValueError(f"count must be in [1, {size}], got {count}")
+        flat = np.random.default_rng(seed).choice(size, size=count, replace=False)
+        return cls(field, shape, np.stack(np.unravel_index(np.sort(flat), tuple(shape)), -1), noise_std)
+
+    @classmethod
+    def at_coordinates(cls, field: str, coords: Mapping[str, np.ndarray], dims: Sequence[str],
+                       points: np.ndarray, noise_std: float = 0.0, tol: float = 1e-9) -> "SparsePoints":
+        """Points ``[m, ndim]`` in physical coordinates (axis order ``dims``) snapped to the nearest node."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, len(dims))
+        if not np.isfinite(points).all():
+            raise ValueError("observation coordinates contain NaN or inf")
+        idx = []
+        for k, d in enumerate(dims):
+            c = np.asarray(coords[d], dtype=np.float64)
+            h = c[1] - c[0]
+            lo, hi = c[0] - tol, c[-1] + tol
+            if ((points[:, k] < lo) | (points[:, k] > hi)).any():
+                bad = points[(points[:, k] < lo) | (points[:, k] > hi)][0]
+                raise ValueError(f"observation point {bad.tolist()} lies outside the domain: {d} in [{c[0]:g}, {c[-1]:g}]")
+            idx.append(np.clip(np.rint((points[:, k] - c[0]) / h), 0, len(c) - 1).astype(np.int64))
+        return cls(field, [len(coords[d]) for d in dims], np.stack(idx, -1), noise_std)
+
+
+class SensorColumns(MaskObservation):
+    """Sensors at fixed positions along ``axis`` recording every entry of the other axes.
+
+    Example: Burgers trajectories ``u[t, x]`` observed at a few fixed ``x`` over all ``t`` is
+    ``SensorColumns("u", (nt, nx), positions=[3, 40, 90], axis=1)``.
+    """
+
+    def __init__(self, field: str, shape: Sequence[int], positions: Sequence[int], axis: int = -1,
+                 noise_std: float = 0.0) -> None:
+        shape = tuple(shape)
+        axis = axis % len(shape)
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.size == 0 or (pos < 0).any() or (pos >= shape[axis]).any():
+            raise ValueError(f"sensor positions must lie in [0, {shape[axis]}) along axis {axis}, got {pos.tolist()}")
+        mask = np.zeros(shape, dtype=bool)
+        index = [slice(None)] * len(shape)
+        index[axis] = pos
+        mask[tuple(index)] = True
+        super().__init__(field, mask, noise_std)
+
+
+class LinearObservation(ObservationOperator):
+    """A linear map of one field given by a matrix ``[m, size]`` or a pair of callables.
+
+    ``forward(t: [B, *shape]) -> [B, m]`` and ``adjoint(y: [B, m]) -> [B, *shape]``; with a matrix
+    both are derived from it.
+    """
+
+    linear = True
+
+    def __init__(self, field: str, shape: Sequence[int], matrix: Tensor | np.ndarray | None = None, *,
+                 forward: Callable[[Tensor], Tensor] | None = None, adjoint: Callable[[Tensor], Tensor] | None = None,
+                 num_measurements: int | None = None, noise_std: float = 0.0) -> None:
+        super().__init__((field,), noise_std)
+        self.field, self.shape = field, tuple(shape)
+        if matrix is not None:
+            self.matrix = torch.as_tensor(np.asarray(matrix), dtype=torch.float64)
+            if self.matrix.ndim != 2 or self.matrix.shape[1] != int(np.prod(self.shape)):
+                raise ValueError(f"matrix must be [m, {int(np.prod(self.shape))}], got {list(self.matrix.shape)}")
+            self._m = self.matrix.shape[0]
+            self._forward = lambda t: t.reshape(t.shape[0], -1) @ self.matrix.to(t).T
+            self._adjoint = lambda y: (y @ self.matrix.to(y)).reshape(y.shape[0], *self.shape)
+        else:
+            if forward is None or adjoint is None or num_measurements is None:
+                raise ValueError("LinearObservation needs a matrix, or forward, adjoint and num_measurements")
+            self._m, self._forward, self._adjoint = int(num_measurements), forward, adjoint
+
+    @property
+    def num_measurements(self) -> int:
+        return self._m
+
+    def __call__(self, fields: Fields) -> Tensor:
+        return self._forward(self._get(fields, self.field))
+
+    def adjoint(self, y: Tensor) -> dict[str, Tensor]:
+        return {self.field: self._adjoint(y)}
+
+
+class CallableObservation(ObservationOperator):
+    """An arbitrary function of the fields: ``fn(fields) -> [B, m]``; a black box unless declared."""
+
+    def __init__(self, fn: Callable[[Fields], Tensor], fields: Sequence[str], num_measurements: int, *,
+                 differentiable: bool = False, noise_std: float = 0.0) -> None:
+        super().__init__(fields, noise_std)
+        self.fn, self._m, self.differentiable = fn, int(num_measurements), bool(differentiable)
+
+    @property
+    def num_measurements(self) -> int:
+        return self._m
+
+    def __call__(self, fields: Fields) -> Tensor:
+        for name in self.fields:
+            self._get(fields, name)
+        if self.differentiable:
+            return self.fn(fields)
+        with torch.no_grad():
+            return self.fn({k: v.detach() for k, v in fields.items()})
+
+
+class StackedObservation(ObservationOperator):
+    """Several operators measured together; ``y`` is their concatenation."""
+
+    def __init__(self, operators: Sequence[ObservationOperator]) -> None:
+        if not operators:
+            raise ValueError("StackedObservation needs at least one operator")
+        stds = {op.noise_std for op in operators}
+        fields = tuple(dict.fromkeys(f for op in operators for f in op.fields))
+        super().__init__(fields, 0.0)
+        self.operators = tuple(operators)
+        self.linear = all(op.linear for op in operators)
+        self.differentiable = all(op.differentiable for op in operators)
+        self.mask = all(op.mask for op in operators) and len({op.fields[0] for op in operators}) == len(operators)
+        self.noise_stds = torch.cat([torch.full((op.num_measurements,), op.noise_std, dtype=torch.float64)
+                                     for op in operators])
+        self.noise_std = stds.pop() if len(stds) == 1 else float("nan")
+
+    @property
+    def num_measurements(self) -> int:
+        return sum(op.num_measurements for op in self.operators)
+
+    def __call__(self, fields: Fields) -> Tensor:
+        return torch.cat([op(fields) for op in self.operators], dim=-1)
+
+    def measure(self, fields: Fields, generator: torch.Generator | None = None) -> Tensor:
+        return torch.cat([op.measure(fields, generator) for op in self.operators], dim=-1)
+
+    def _split(self, y: Tensor) -> list[Tensor]:
+        return list(torch.split(y, [op.num_measurements for op in self.operators], dim=-1))
+
+    def adjoint(self, y: Tensor) -> dict[str, Tensor]:
+        if not self.linear:
+            return super().adjoint(y)
+        out: dict[str, Tensor] = {}
+        for op, part in zip(self.operators, self._split(y)):
+            for k, v in op.adjoint(part).items():
+                out[k] = out[k] + v if k in out else v
+        return out
+
+    def masks(self) -> dict[str, Tensor]:
+        if not self.mask:
+            return super().masks()
+        return {op.fields[0]: op.masks()[op.fields[0]] for op in self.operators}
+
+    def to_dict(self) -> dict:
+        return {"type": "stack", "operators": [op.to_dict() for op in self.operators]}
+
+
+def operator_from_dict(d: Mapping) -> ObservationOperator:
+    """Rebuild a saved mask-type operator (``to_dict``)."""
+    kind = d.get("type")
+    if kind == "mask":
+        shape = tuple(d["shape"])
+        mask = np.zeros(int(np.prod(shape)), dtype=bool)
+        mask[np.asarray(d["indices"], dtype=np.int64)] = True
+        return MaskObservation(d["field"], mask.reshape(shape), d.get("noise_std", 0.0))
+    if kind == "stack":
+        return StackedObservation([operator_from_dict(o) for o in d["operators"]])
+    raise ValueError(f"cannot rebuild an observation operator of type {kind!r}")
+
+
+@dataclass
+class Observations:
+    """Measured values ``y`` ``[B, m]`` (physical units) of the operator ``operator``."""
+
+    operator: ObservationOperator
+    values: Tensor
+
+    def __post_init__(self) -> None:
+        v = torch.as_tensor(self.values)
+        if v.ndim == 1:
+            v = v.unsqueeze(0)
+        if v.ndim != 2 or v.shape[1] != self.operator.num_measurements:
+            raise ValueError(f"observations must be [B, {self.operator.num_measurements}], got {list(v.shape)}")
+        if not torch.isfinite(v).all():
+            raise ValueError("observations contain NaN or inf")
+        self.values = v
+
+    @property
+    def batch_size(self) -> int:
+        return self.values.shape[0]
+
+    def save(self, path: str) -> None:
+        """Write operator (JSON), values and observed grid indices to an HDF5 file, atomically."""
+        import os
+
+        import h5py
+
+        tmp = f"{path}.tmp"
+        with h5py.File(tmp, "w") as f:
+            f.attrs["diffpde_observations"] = json.dumps(self.operator.to_dict())
+            f.create_dataset("values", data=self.values.detach().cpu().numpy())
+            ops = self.operator.operators if isinstance(self.operator, StackedObservation) else (self.operator,)
+            for op in ops:
+                if isinstance(op, MaskObservation):
+                    f.create_dataset(f"coordinates/{op.field}", data=op.coordinates())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Observations":
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except (OSError, FileNotFoundError) as err:
+            raise OSError(f"cannot read observations file {path!r}: {err}") from None
+        with f:
+            if "diffpde_observations" not in f.attrs or "values" not in f:
+                raise ValueError(f"{path!r} is not a diffpde observations file")
+            op = operator_from_dict(json.loads(f.attrs["diffpde_observations"]))
+            return cls(op, torch.as_tensor(f["values"][()]))
