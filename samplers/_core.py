@@ -144,8 +144,10 @@ class Run:
         check_finite(x, f"the state after step {i} (sigma={sigma_next:g})")
         for hook in self.hooks:
             x = hook(x, sigma_next, i, denoised)
-            if x.shape != self.shape:
-                raise ValueError(f"hook {hook!r} returned shape {tuple(x.shape)}, expected {tuple(self.shape)}")
+            if not isinstance(x, torch.Tensor) or x.shape != self.shape:
+                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(f"hook {hook!r} returned shape {got}, expected {tuple(self.shape)}")
+            check_finite(x, f"the state returned by hook {hook!r} after step {i} (sigma={sigma_next:g})")
         if self.callback is not None:
             self.callback(
                 {"step": i, "sigma": float(self.sigmas[i]), "sigma_next": sigma_next,
