@@ -11,7 +11,7 @@ from ._core import SOLVERS, Run, SolverInfo, get_solver, register
 from .api import sample
 
 # Modules written alongside this one; each registers its solvers or wrappers on import.
-for _name in ("sde", "guidance", "smc", "diffusers", "tuning"):
+for _name in ("sde", "guidance", "covariance", "smc", "diffusers", "tuning"):
     try:
         importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _err:
