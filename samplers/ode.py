@@ -43,16 +43,17 @@ def log_step(sigma: float, sigma_next: float) -> float:
     return math.log(sigma / sigma_next)
 
 
-def step_order(i: int, num_steps: int, order: int, history: int, sigma_next: float, lower_order_final: bool) -> int:
+def step_order(i: int, num_steps: int, order: int, history: int, sigma_next: float, lower_order_final: bool,
+               below: float = 15) -> int:
     """Order of multistep step ``i``: warm-up from the history, lower at the end of short runs.
 
-    The step to ``sigma = 0`` is first order. With ``lower_order_final`` and fewer than 15 steps,
-    step ``i`` uses order at most ``num_steps - i`` (as diffusers does).
+    The step to ``sigma = 0`` is first order. With ``lower_order_final`` and fewer than ``below``
+    steps, step ``i`` uses order at most ``num_steps - i`` (diffusers: 15 for DPM-Solver, always for UniPC).
     """
     if sigma_next == 0:
         return 1
     p = min(order, history + 1)
-    if lower_order_final and num_steps < 15:
+    if lower_order_final and num_steps < below:
         p = min(p, num_steps - i)
     return p
 
@@ -155,10 +156,17 @@ def dpmpp_3m(denoiser, x, sigmas, *, hooks=(), generator=None, callback=None, st
     return run.finish(x)
 
 
-def _unipc_rhos(rks: list[float], h: float, n: int) -> list[float]:
-    """Solve ``sum_k rho_k r_k^(m-1) = m! phi_(m+1)(-h) / phi_1(-h)`` for m = 1..n (B(h) = bh2)."""
+def _unipc_rhos(rks: list[float], h: float, n: int, official: bool = True) -> list[float]:
+    """Solve ``sum_k rho_k r_k^(m-1) = m! phi_(m+1)(-h) / phi_1(-h)`` for m = 1..n (B(h) = bh2).
+
+    ``official``: a single coefficient is 1/2, as in the UniPC reference implementation (its UniP-2
+    is then DPM-Solver++(2M) and its UniC-1 the trapezoidal corrector); the solve gives
+    ``2 phi_2(-h) / phi_1(-h) = 1/2 + O(h)``, the same order.
+    """
     if n == 0:
         return []
+    if n == 1 and official:
+        return [0.5]
     R = torch.tensor([[r ** (m - 1) for r in rks[:n]] for m in range(1, n + 1)], dtype=torch.float64)
     b = torch.tensor([math.factorial(m) * phi(m + 1, -h) / phi(1, -h) for m in range(1, n + 1)], dtype=torch.float64)
     return torch.linalg.solve(R, b).tolist()
@@ -167,7 +175,7 @@ def _unipc_rhos(rks: list[float], h: float, n: int) -> list[float]:
 @register("unipc", order=3, nfe_per_step=1, stochastic=False)
 @torch.no_grad()
 def unipc(denoiser, x, sigmas, *, hooks=(), generator=None, callback=None, stats=None, order=2, corrector=True,
-          lower_order_final=True):
+          lower_order_final=True, solve_rhos=False):
     """UniPC (Zhao et al. 2023): UniP-``order`` predictor with the UniC corrector, B(h) = bh2, data prediction.
 
     One step ``i`` (from ``sigmas[i]`` to ``sigmas[i+1]``) runs, in this order:
@@ -176,7 +184,8 @@ def unipc(denoiser, x, sigmas, *, hooks=(), generator=None, callback=None, stats
     ``B(h) (UniC terms - UniP terms)`` to the hooked state. That value (equal to the standard UniC result
     when hooks are the identity) is the state step ``i+1`` starts from, and the denoiser value at the hooked
     state is reused there (one network evaluation per step). No corrector follows the step to 0.
-    Convergence order: ``order`` without the corrector, ``order + 1`` with it.
+    Convergence order: ``order`` without the corrector, ``order + 1`` with it. Single coefficients are
+    the reference implementation's 1/2 (``solve_rhos=True`` solves for them instead).
     """
     _check_order(order, 3)
     run = Run(denoiser, x, sigmas, hooks=hooks, callback=callback, stats=stats)
@@ -187,19 +196,19 @@ def unipc(denoiser, x, sigmas, *, hooks=(), generator=None, callback=None, stats
             denoised = run.denoise(x, sigma)
         if sigma_next == 0:
             return run.finish(run.end_step(i, denoised, denoised))  # first order to 0: x = D
-        p = step_order(i, run.num_steps, order, len(history), sigma_next, lower_order_final)
+        p = step_order(i, run.num_steps, order, len(history), sigma_next, lower_order_final, below=math.inf)
         lam, h = -math.log(sigma), log_step(sigma, sigma_next)
         previous = history[::-1][: p - 1]  # most recent first
         rks = [(lam_k - lam) / h for _, lam_k in previous]
         diffs = [(d_k - denoised) / r for (d_k, _), r in zip(previous, rks)]
         b_h = -math.expm1(-h)
-        rhos_p = _unipc_rhos(rks, h, p - 1)
+        rhos_p = _unipc_rhos(rks, h, p - 1, not solve_rhos)
         x_pred = exp_first_order(x, denoised, sigma, sigma_next) + b_h * sum(r * d for r, d in zip(rhos_p, diffs))
         x = run.end_step(i, x_pred, denoised)
         history = (history + [(denoised, lam)])[-2:]
         denoised_next = run.denoise(x, sigma_next)
         if corrector:  # UniC-p minus UniP-p on the common differences, plus the new point at r = 1
-            rhos_c = _unipc_rhos(rks + [1.0], h, p)
+            rhos_c = _unipc_rhos(rks + [1.0], h, p, not solve_rhos)
             diffs.append(denoised_next - denoised)
             x = x + b_h * sum((rc - rp) * d for rc, rp, d in zip(rhos_c, rhos_p + [0.0], diffs))
         denoised = denoised_next

@@ -1,0 +1,366 @@
+"""Benchmark: error against the adaptive reference per NFE for our ODE solvers, k-diffusion and diffusers.
+
+Problem: a Gaussian mixture of 8x8 "images" (d = 64) with an exact denoiser, components with different
+weights, smooth means and per-pixel standard deviations from 0.1 to 0.8, so trajectories bend when
+the noise level passes the component separations. All samplers start from the same noise times
+sigma_max = 80 and are compared with ``samplers.reference.reference`` (adaptive DOP853) integrated to
+sigma = 2e-6 and denoised: the exact end point of the probability-flow ODE to ~1e-8.
+
+Rows: each deterministic solver with the number of steps its NFE budget allows, on the better of the
+Karras (rho = 7) and log-linear grids (sigma_min = 0.002), and ours also on the grid of
+``samplers.tuning.optimized_sigmas`` (calibrated on a separate noise batch). Peers: k-diffusion's
+sampling module (loaded alone) and diffusers schedulers driven through ``samplers.diffusers`` with a
+``trained_betas`` table whose noise levels span [0.002, 80], so their Karras/exponential grids are the
+same grids. Error: RMS over all pixels and samples of ``x - x_ref``.
+
+Overhead: the time per step of each solver with a near-free denoiser on a ``[16, 2, 32, 32]`` state,
+relative to one forward pass of a small diffusers ``UNet2DModel`` (32x32, widths (32, 64, 64)) at batch 16.
+
+    python scripts/bench_samplers.py [--quick] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import types
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from samplers import SOLVERS, get_solver, schedules  # noqa: E402
+from samplers.analytic import GaussianMixtureDenoiser  # noqa: E402
+from samplers.diffusers import fresh_scheduler, sample_with_scheduler, sigmas_of  # noqa: E402
+from samplers.reference import reference  # noqa: E402
+from samplers.tuning import COST_MODELS, calibrate, optimized_sigmas  # noqa: E402
+
+F64 = torch.float64
+SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
+OURS = [name for name, info in SOLVERS.items() if not info.stochastic]
+
+
+# ---------------------------------------------------------------------------------------------
+# problem
+
+
+def make_mixture(seed: int = 0) -> GaussianMixtureDenoiser:
+    """Six components of 1x8x8 images: smooth random means of unit size, per-pixel stds in [0.1, 0.8]."""
+    g = torch.Generator().manual_seed(seed)
+    k = 6
+    coarse = torch.randn(k, 1, 3, 3, generator=g, dtype=F64)
+    means = torch.nn.functional.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=True) * 1.2
+    stds = 0.1 + 0.7 * torch.rand(k, 1, 8, 8, generator=g, dtype=F64) ** 2
+    weights = torch.tensor([0.3, 0.2, 0.15, 0.15, 0.1, 0.1], dtype=F64)
+    return GaussianMixtureDenoiser(weights, means, stds)
+
+
+class Counting:
+    """Wrap a denoiser and count its calls (k-diffusion samplers do not report NFE)."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.calls = denoiser, 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        return self.denoiser(x, sigma)
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """RMS error over everything, and the median over samples of the per-sample RMS error."""
+    per_sample = ((a - b) ** 2).flatten(1).mean(1)
+    return float(per_sample.mean().sqrt()), float(per_sample.sqrt().median())
+
+
+# ---------------------------------------------------------------------------------------------
+# peers
+
+
+def load_kdiffusion_sampling():
+    """k-diffusion's ``sampling.py`` alone, with a stub ``utils`` (its package __init__ needs torchvision)."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    name = "_bench_kdiffusion"
+    package = types.ModuleType(name)
+    package.__path__ = []
+    utils = types.ModuleType(f"{name}.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    sys.modules[name], sys.modules[f"{name}.utils"] = package, utils
+    path = Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
+    module_spec = importlib.util.spec_from_file_location(f"{name}.sampling", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def kdiffusion_peers(kd):
+    """name -> (sampler(model, x, sigmas), evaluations per step)."""
+    if kd is None:
+        return {}
+    quiet = {"disable": True}
+    return {
+        "k.euler": (lambda m, x, s: kd.sample_euler(m, x, s, **quiet), 1),
+        "k.heun": (lambda m, x, s: kd.sample_heun(m, x, s, **quiet), 2),
+        "k.dpm_2": (lambda m, x, s: kd.sample_dpm_2(m, x, s, **quiet), 2),
+        "k.lms": (lambda m, x, s: kd.sample_lms(m, x, s, **quiet), 1),
+        "k.dpmpp_2m": (lambda m, x, s: kd.sample_dpmpp_2m(m, x, s, **quiet), 1),
+        "k.dpmpp_2s(eta=0)": (lambda m, x, s: kd.sample_dpmpp_2s_ancestral(m, x, s, eta=0.0, **quiet), 2),
+        "k.dpmpp_2m_sde(eta=0,heun)": (lambda m, x, s: kd.sample_dpmpp_2m_sde(m, x, s, eta=0.0, solver_type="heun", **quiet), 1),
+        "k.dpmpp_3m_sde(eta=0)": (lambda m, x, s: kd.sample_dpmpp_3m_sde(m, x, s, eta=0.0, **quiet), 1),
+    }
+
+
+def diffusers_peers():
+    """name -> factory(grid kind) of a diffusers scheduler whose noise levels span [SIGMA_MIN, SIGMA_MAX]."""
+    try:
+        import diffusers
+    except ImportError:
+        return {}
+    # alphas_cumprod with sigmas log-spaced over the benchmark range: betas = 1 - a_t / a_{t-1}
+    sig = torch.exp(torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), 1000, dtype=F64))
+    ac = 1 / (1 + sig**2)
+    betas = (1 - ac / torch.cat([torch.ones(1, dtype=F64), ac[:-1]])).tolist()
+    common = {"trained_betas": betas, "num_train_timesteps": 1000}
+
+    def grid_kw(kind):
+        return {"use_karras_sigmas": True} if kind == "karras" else {"use_exponential_sigmas": True}
+
+    vp = {"final_sigmas_type": "zero"}
+    return {
+        "d.DPMSolverMultistep(2M)": lambda k: diffusers.DPMSolverMultistepScheduler(**common, **grid_kw(k), **vp, solver_order=2),
+        "d.DPMSolverMultistep(3M)": lambda k: diffusers.DPMSolverMultistepScheduler(**common, **grid_kw(k), **vp, solver_order=3),
+        "d.UniPCMultistep": lambda k: diffusers.UniPCMultistepScheduler(**common, **grid_kw(k), **vp),
+        "d.DEISMultistep": lambda k: diffusers.DEISMultistepScheduler(**common, **grid_kw(k)),
+        "d.EulerDiscrete": lambda k: diffusers.EulerDiscreteScheduler(**common, **grid_kw(k)),
+        "d.HeunDiscrete": lambda k: diffusers.HeunDiscreteScheduler(**common, **grid_kw(k)),
+        "d.LMSDiscrete": lambda k: diffusers.LMSDiscreteScheduler(**common, **grid_kw(k)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy
+
+
+def fit_steps(budget: int, per_step: int) -> int:
+    """Steps whose evaluations (``per_step`` each, one for the last step to 0) fit in ``budget``."""
+    return max(1, (budget - 1) // per_step + 1) if per_step > 1 else budget
+
+
+def fixed_grid(kind: str, steps: int) -> torch.Tensor:
+    return schedules.karras(steps, SIGMA_MIN, SIGMA_MAX, rho=7.0) if kind == "karras" else schedules.loglinear(steps, SIGMA_MIN, SIGMA_MAX)
+
+
+def accuracy(nfes, batch: int, calib_batch: int, fine_steps: int, log=print):
+    den = make_mixture()
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(batch, 1, 8, 8, generator=g, dtype=F64)
+    x = noise * SIGMA_MAX
+    t0 = time.perf_counter()
+    truth = reference(den, x, (SIGMA_MAX, 2e-6), rtol=1e-9, atol=1e-9)
+    log(f"reference: {time.perf_counter() - t0:.1f} s")
+    results = {}  # method -> {nfe: {"error", "nfe", "grid"}}
+
+    def record(method, budget, error, used, grid):
+        results.setdefault(method, {})[budget] = {"error": error[0], "median": error[1], "nfe": used, "grid": grid}
+
+    # ours on fixed grids (best of two) and on optimised grids
+    calib_x = torch.randn(calib_batch, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=F64) * SIGMA_MAX
+    t0 = time.perf_counter()
+    calibration = calibrate(den, calib_x, sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, fine_steps=fine_steps, rtol=1e-7)
+    log(f"calibration: {time.perf_counter() - t0:.1f} s")
+    for name in OURS:
+        solver = get_solver(name)
+        for budget in nfes:
+            steps = fit_steps(budget, solver.nfe_per_step)
+            best = None
+            for kind in ("karras", "loglinear"):
+                stats = {}
+                out = solver(den, x, fixed_grid(kind, steps), stats=stats)
+                err = rms(out, truth)
+                if best is None or err[0] < best[0][0]:
+                    best = (err, stats["nfe"], kind)
+            record(name, budget, *best)
+            if name in COST_MODELS:
+                grid = optimized_sigmas(den, calib_x, budget, solver=name, calibration=calibration)
+                stats = {}
+                out = solver(den, x, grid, stats=stats)
+                record(f"{name} [opt]", budget, rms(out, truth), stats["nfe"], "opt")
+    log(f"ours: {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    for name, (sampler, per_step) in kdiffusion_peers(load_kdiffusion_sampling()).items():
+        for budget in nfes:
+            steps = fit_steps(budget, per_step)
+            best = None
+            for kind in ("karras", "loglinear"):
+                model = Counting(den)
+                out = sampler(model, x.clone(), fixed_grid(kind, steps))
+                err = rms(out, truth)
+                if best is None or err[0] < best[0][0]:
+                    best = (err, model.calls, kind)
+            record(name, budget, *best)
+    log(f"k-diffusion: {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, factory in diffusers_peers().items():
+            for budget in nfes:
+                best = None
+                for kind in ("karras", "loglinear"):
+                    scheduler = factory(kind)
+                    steps = budget
+                    while True:  # the largest step count whose evaluations fit the budget
+                        stats = {}
+                        start = float(fresh_scheduler(scheduler, steps).sigmas[0])
+                        out = sample_with_scheduler(den, noise * start, scheduler, steps, stats=stats)
+                        if stats["nfe"] <= budget or steps == 1:
+                            break
+                        steps -= 1
+                    err = rms(out, truth)
+                    if best is None or err[0] < best[0][0]:
+                        best = (err, stats["nfe"], kind)
+                record(name, budget, *best)
+    log(f"diffusers: {time.perf_counter() - t0:.1f} s")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# overhead
+
+
+def overhead(repeats: int, steps: int, log=print):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=32, in_channels=2, out_channels=2, block_out_channels=(32, 64, 64), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    params = sum(p.numel() for p in unet.parameters())
+    x = torch.randn(16, 2, 32, 32)
+    t = torch.full((16,), 500.0)
+    with torch.no_grad():
+        unet(x, t)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            unet(x, t)
+            times.append(time.perf_counter() - t0)
+    forward = sorted(times)[len(times) // 2]
+    log(f"UNet2DModel {params / 1e6:.2f} M parameters, batch 16: {forward * 1e3:.1f} ms per forward (median of {repeats})")
+
+    def free(y, sigma):  # near-free denoiser: one multiply
+        return y * 0.5
+
+    grid = schedules.karras(steps, SIGMA_MIN, SIGMA_MAX)
+    rows = {}
+    for name in OURS:
+        solver = get_solver(name)
+        solver(free, x * SIGMA_MAX, grid)
+        per = []
+        for _ in range(repeats):
+            stats = {}
+            t0 = time.perf_counter()
+            solver(free, x * SIGMA_MAX, grid, stats=stats)
+            per.append((time.perf_counter() - t0) / stats["nfe"])
+        rows[name] = sorted(per)[len(per) // 2]
+    import diffusers
+
+    for name, make in [("d.DPMSolverMultistep(2M)", diffusers.DPMSolverMultistepScheduler),
+                       ("d.UniPCMultistep", diffusers.UniPCMultistepScheduler),
+                       ("d.EulerDiscrete", diffusers.EulerDiscreteScheduler)]:
+        scheduler = make()
+        start = float(sigmas_of(scheduler, steps)[0])
+        per = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(repeats):
+                stats = {}
+                t0 = time.perf_counter()
+                sample_with_scheduler(free, x * start, scheduler, steps, stats=stats)
+                per.append((time.perf_counter() - t0) / stats["nfe"])
+        rows[name] = sorted(per)[len(per) // 2]
+    return forward, params, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer NFEs, smaller batches")
+    parser.add_argument("--json", type=str, default=None, help="write the results to this JSON file")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for everything (1: robust timings on shared cores)")
+    args = parser.parse_args(argv)
+
+    nfes = [4, 8, 16] if args.quick else [4, 6, 8, 10, 16, 20, 50]
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    results = accuracy(nfes, batch=32 if args.quick else 128, calib_batch=16 if args.quick else 32,
+                       fine_steps=32 if args.quick else 64, log=lambda s: print(s, file=sys.stderr))
+    forward, params, per_step = overhead(repeats=5 if args.quick else 15, steps=10 if args.quick else 20,
+                                         log=lambda s: print(s, file=sys.stderr))
+
+    width = max(len(m) for m in results) + 2
+    samples = 32 if args.quick else 128
+    for key, title in [("error", "RMS error vs the adaptive reference"),
+                       ("median", "median over samples of the per-sample RMS error (blind to the few samples that "
+                                  "change mixture component)")]:
+        print(f"\n{title} (Gaussian mixture, d=64, {samples} samples); grid: k=Karras rho 7, l=log-linear, "
+              "o=optimised; * = NFE used differs from the budget")
+        print("method".ljust(width) + "".join(f"{'NFE ' + str(n):>14}" for n in nfes))
+        for method, row in results.items():
+            cells = [f"{row[n][key]:>11.2e} {row[n]['grid'][0]}{'*' if row[n]['nfe'] != n else ' '}" for n in nfes]
+            print(method.ljust(width) + "".join(f"{c:>14}" for c in cells))
+
+    ours_fixed = [m for m in results if m in OURS]
+    ours_all = list(ours_fixed) + [m for m in results if m.endswith("[opt]")]
+    peers = [m for m in results if m.startswith(("k.", "d."))]
+    print("\nbest per NFE:")
+    verdict = True
+    for n in nfes:
+        def best(methods):
+            return min(((results[m][n]["error"], m) for m in methods), default=(math.inf, "-"))
+        of, oa, pe = best(ours_fixed), best(ours_all), best(peers)
+        ok = oa[0] <= pe[0] * (1 + 1e-6)
+        if n <= 20:
+            verdict &= ok
+        print(f"  NFE {n:>3}: ours {oa[0]:.2e} ({oa[1]}), ours on fixed grids {of[0]:.2e} ({of[1]}), "
+              f"best peer {pe[0]:.2e} ({pe[1]})  {'ok' if ok else 'WORSE'}")
+    print(f"\nper-step solver overhead relative to one UNet forward ({forward * 1e3:.1f} ms, {params / 1e6:.2f} M params, batch 16):")
+    worst = 0.0
+    for name, t in per_step.items():
+        share = t / forward
+        if name in OURS:
+            worst = max(worst, share)
+        print(f"  {name:<26} {t * 1e3:7.3f} ms per evaluation  {100 * share:6.2f} %")
+    print(f"\ntarget: ours <= best peer at every NFE <= 20: {'yes' if verdict else 'NO'}; "
+          f"our worst overhead {100 * worst:.2f} % (< 5 %: {'yes' if worst < 0.05 else 'NO'}); "
+          f"total {time.perf_counter() - t_start:.0f} s")
+
+    if args.json:
+        payload = {"nfes": nfes, "accuracy": {m: {str(n): {k: v for k, v in r.items()} for n, r in row.items()}
+                                              for m, row in results.items()},
+                   "unet_forward_s": forward, "unet_params": params, "per_evaluation_overhead_s": per_step,
+                   "target_met": bool(verdict and worst < 0.05)}
+        path = Path(args.json)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", delete=False, suffix=".tmp") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(f.name, path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
