@@ -79,22 +79,31 @@ class CovarianceGuidance:
 
 
 def _batched_cg(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float) -> Tensor:
-    """Solve ``M u = b`` for each row of ``b [B, m]`` (M symmetric positive definite) by CG."""
+    """Solve ``M u = b`` for each row of ``b [B, m]`` (M symmetric positive definite) by CG.
+
+    A row whose curvature ``p.Mp`` is not positive (M is not SPD there, e.g. the Jacobian of an
+    imperfect network is not) stops at its current iterate instead of diverging.
+    """
+    tiny = torch.finfo(b.dtype).tiny
     u = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rr = (r * r).sum(1, keepdim=True)
-    stop = tol**2 * rr.clamp_min(torch.finfo(b.dtype).tiny)
+    active = rr > tol**2 * rr.clamp_min(tiny)
+    stop = tol**2 * rr.clamp_min(tiny)
     for _ in range(iters):
-        if (rr <= stop).all():
+        if not active.any():
             break
         mp = matvec(p)
-        alpha = rr / (p * mp).sum(1, keepdim=True).clamp_min(torch.finfo(b.dtype).tiny)
+        curvature = (p * mp).sum(1, keepdim=True)
+        active = active & (curvature > 0) & torch.isfinite(curvature)
+        alpha = torch.where(active, rr / curvature.clamp_min(tiny), torch.zeros_like(rr))
         u = u + alpha * p
         r = r - alpha * mp
         rr_new = (r * r).sum(1, keepdim=True)
-        p = r + (rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny)) * p
+        p = r + (rr_new / rr.clamp_min(tiny)) * p
         rr = rr_new
+        active = active & (rr > stop)
     return u
 
 

@@ -27,7 +27,7 @@ class Posterior:
 
     diagnostics: ``nfe`` (network evaluations per sample chain), ``vjp`` (vector-Jacobian products),
     ``wall_time`` (s), ``misfit`` (``[B]`` observation chi-squared per measurement of the posterior
-    mean), ``pde_residual`` (``[B]`` mean RMS residual of the samples, when the prior has a PDE),
+    mean, in units of ``noise_std``, the ``[m]`` likelihood noise actually used), ``pde_residual`` (``[B]`` mean RMS residual of the samples, when the prior has a PDE),
     and method-specific entries (``ess`` for ``tds``).
     """
 
@@ -83,7 +83,7 @@ def reconstruct(
     observations: Observations,
     *,
     method: str = "covariance",
-    solver: str = "dpmpp_2m",
+    solver: str | None = None,
     steps: int = 20,
     n_samples: int = 8,
     schedule: str = "karras",
@@ -104,7 +104,8 @@ def reconstruct(
                       :class:`~diffpde.inference.gaussian.GaussianPrior`).
         observations: operator and values ``y [B, m]`` in physical units.
         method:       ``covariance`` (default), ``dps``, ``projection``, ``tds`` or ``diffusionpde``.
-        solver, steps, schedule: the ``samplers`` solver and sigma grid between the prior's range.
+        solver, steps, schedule: the ``samplers`` solver (default ``dpmpp_2m``; ``heun`` for
+                      ``diffusionpde``) and sigma grid between the prior's range.
         n_samples:    ``K`` posterior samples (particles for ``tds``) per instance.
         cond, params: conditioning fields / scalar parameters of a conditional prior (physical
                       units, batch ``B`` or 1).
@@ -125,6 +126,8 @@ def reconstruct(
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     device = prior.device
     method_fn = get_method(method)
+    if solver is None:
+        solver = "heun" if method == "diffusionpde" else "dpmpp_2m"
 
     denoise = prior.denoiser(cond, params)
     cond_fields = {}
@@ -168,7 +171,7 @@ def reconstruct(
         mean_fields.update({n: v.reshape(b, k, *v.shape[1:])[:, 0].to(torch.float64) for n, v in cond_fields.items()})
         chi = (observations.values.to(torch.float64) - op(mean_fields)) / setting.noise_std.to(torch.float64)
         posterior.diagnostics.update(method=method, solver=solver, steps=steps, wall_time=wall,
-                                     misfit=chi.pow(2).mean(1))
+                                     misfit=chi.pow(2).mean(1), noise_std=setting.noise_std.detach().cpu())
         if setting.pde_residual is not None:
             r = setting.pde_residual({n: v.to(torch.float64) for n, v in fields.items()})
             posterior.diagnostics["pde_residual"] = r.reshape(b, k, -1).pow(2).mean(-1).sqrt().mean(1)

@@ -67,3 +67,26 @@ def test_sampling_with_covariance_guidance_matches_the_closed_form_posterior():
     se = (post_cov.diagonal() / n).sqrt()
     assert ((emp_mean - post_mean).abs() < 5 * se).all()
     torch.testing.assert_close(emp_cov, post_cov, atol=0.1 * post_cov.diagonal().max(), rtol=0.1)
+
+
+def test_cg_stops_rows_where_the_system_is_not_positive_definite():
+    from samplers.covariance import _batched_cg
+
+    m = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    bad = -m
+    b = torch.ones(2, 2, dtype=torch.float64)
+    # row 0 sees an SPD matrix, row 1 a negative definite one
+    matvec = lambda u: torch.stack([u[0] @ m, u[1] @ bad])
+    u = _batched_cg(matvec, b, iters=5, tol=0.0)
+    torch.testing.assert_close(u[0], torch.tensor([0.5, 1.0], dtype=torch.float64))
+    assert torch.equal(u[1], torch.zeros(2, dtype=torch.float64))
+
+
+def test_guidance_stays_finite_with_a_non_symmetric_denoiser():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 6, generator=g, dtype=torch.float64) * 50  # a wildly non-symmetric "network"
+    den = lambda x, s: x @ w
+    A = torch.eye(6, dtype=torch.float64)[:3]
+    guided = CovarianceGuidance(den, lambda x0: x0 @ A.T, torch.zeros(1, 3, dtype=torch.float64), 1e-4)
+    out = guided(torch.randn(4, 6, generator=g, dtype=torch.float64), torch.full((4,), 80.0, dtype=torch.float64))
+    assert torch.isfinite(out).all()
