@@ -1,0 +1,326 @@
+"""Generate a dataset of a PDE family with its classical solver: parallel, resumable, seeded per sample.
+
+Seeds. Sample ``i`` of a dataset with seed ``s`` is ``PDE.generate(sample_seed(s, i))``, where
+``sample_seed`` takes 63 bits of ``numpy.random.SeedSequence(s, spawn_key=(i,))`` (the ``i``-th
+child of ``SeedSequence(s).spawn``). It depends on nothing else: not on the number of workers, nor
+on which worker computed the sample, nor on interruptions. The seeds are stored in ``/seeds``.
+
+Files. The work goes to ``OUT.partial`` (the HDF5 layout of :mod:`diffpde.data.hdf5`), which is
+renamed to ``OUT`` once every sample is written and the statistics are stored. Running the same
+generation again resumes an existing ``OUT.partial`` (only the missing samples are computed) and
+does nothing if ``OUT`` is already complete; a partial or complete file made with a different
+problem, resolution, parameters, seed, sample count or dtype is refused.
+
+Storage is float32 by default (``dtype="float64"`` keeps the solvers' precision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import pdes
+from ..pdes import PDE
+from . import hdf5
+
+
+class GenerationError(ValueError):
+    """The family's ``generate`` failed for one sample (the message names the sample and its seed)."""
+
+
+SEED_RULE = "numpy.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, uint64)[0] >> 1"
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed ``PDE.generate`` gets for sample ``index`` of a dataset with seed ``seed`` (< 2**63)."""
+    state = np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def resolve_problem(problem: str | PDE, resolution: int | None = None, parameters: Mapping[str, Any] | None = None) -> PDE:
+    """The PDE instance for a registered family name (or a PDE instance, returned as it is)."""
+    if isinstance(problem, PDE):
+        if resolution is not None and resolution != problem.resolution or parameters:
+            raise ValueError(f"{problem.name}: pass resolution and parameters either to the PDE or here, not both")
+        return problem
+    if resolution is None:
+        raise ValueError(f"{problem}: a resolution is needed")
+    if problem not in pdes.names():
+        try:  # a family not imported by diffpde.pdes yet lives in diffpde/pdes/<name>.py
+            importlib.import_module(f"{pdes.__name__}.{problem}")
+        except ImportError:
+            pass
+    return pdes.get(problem, resolution, **dict(parameters or {}))
+
+
+def check_sample(pde: PDE, values: Mapping[str, Any], index: int, seed: int) -> dict[str, np.ndarray]:
+    """Check that ``generate`` returned every field, of the right shape, finite; return float64 arrays."""
+    where = f"{pde.name}: generate(seed={seed}) for sample {index}"
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{where} returned {type(values).__name__}, not a dict of fields")
+    missing = [n for n in pde.field_names if n not in values]
+    extra = [n for n in values if n not in pde.field_names]
+    if missing or extra:
+        raise ValueError(f"{where} returned fields {sorted(values)}; missing {missing}, unexpected {extra}")
+    out = {}
+    for fl in pde.fields:
+        arr = np.asarray(values[fl.name], dtype=np.float64)
+        if arr.shape != fl.shape:
+            raise ValueError(f"{where}: field {fl.name!r} has shape {arr.shape}, the family declares {fl.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{where}: field {fl.name!r} contains NaN or inf")
+        out[fl.name] = arr
+    return out
+
+
+# -- workers -------------------------------------------------------------------------------------
+
+_WORKER_PDE: PDE | None = None
+
+
+def _worker_init(cls: type[PDE], resolution: int, parameters: dict[str, Any], lifeline: Connection) -> None:
+    global _WORKER_PDE
+
+    def exit_with_parent() -> None:  # the generator was killed (kill -9): do not linger
+        try:
+            lifeline.recv()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    torch.set_num_threads(1)  # one core per worker
+    _WORKER_PDE = cls(resolution, **parameters)
+
+
+def _generate(pde: PDE, index: int, seed: int) -> dict[str, np.ndarray]:
+    try:
+        return pde.generate(seed)
+    except Exception as e:
+        raise GenerationError(f"{pde.name}: generate(seed={seed}) for sample {index} failed: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+def _worker_generate(task: tuple[int, int]) -> tuple[int, dict[str, np.ndarray]]:
+    index, seed = task
+    return index, _generate(_WORKER_PDE, index, seed)
+
+
+def _context(module: str) -> mp.context.BaseContext:
+    """A forkserver context whose server has imported torch and ``module`` once (workers start
+    in milliseconds instead of re-importing torch each); spawn where forkserver does not exist."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "diffpde.pdes", module])  # "__main__" makes it import the main script
+    return ctx
+
+
+def _compute(pde: PDE, tasks: list[tuple[int, int]], workers: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Yield ``(index, fields)`` for every task, in any order, in-process or in ``workers`` processes."""
+    if workers == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # like a worker: parallel across samples, not inside one
+        try:
+            for index, seed in tasks:
+                yield index, _generate(pde, index, seed)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    # at most 2 tasks per worker in flight: results never pile up in memory, a dead worker raises
+    ctx = _context(type(pde).__module__)
+    lifeline, keep_alive = ctx.Pipe(duplex=False)  # the workers see EOF on it when this process dies
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(type(pde), pde.resolution, dict(pde.parameters), lifeline))
+    queue = iter(tasks)
+    try:
+        pending = {pool.submit(_worker_generate, task) for task in itertools.islice(queue, 2 * workers)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    result = future.result()
+                except BrokenProcessPool as e:
+                    raise GenerationError(f"{pde.name}: a worker process died ({e}); run with one worker to see why") from e
+                task = next(queue, None)
+                if task is not None:
+                    pending.add(pool.submit(_worker_generate, task))
+                yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        lifeline.close()
+        keep_alive.close()
+
+
+# -- the generator -------------------------------------------------------------------------------
+
+
+def partial_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _same_settings(info: hdf5.DatasetInfo, pde: PDE, n: int, seed: int, dtype: str) -> list[str]:
+    """Differences between a file's settings and the requested ones, as readable strings."""
+    want = json.loads(json.dumps(pde.config()))
+    diffs = []
+    if info.config.get("name") != want["name"]:
+        diffs.append(f"problem {info.config.get('name')!r} vs {want['name']!r}")
+    if info.config.get("resolution") != want["resolution"]:
+        diffs.append(f"resolution {info.config.get('resolution')} vs {want['resolution']}")
+    if info.config.get("parameters") != want["parameters"]:
+        diffs.append(f"parameters {info.config.get('parameters')} vs {want['parameters']}")
+    for what, have, new in (("n", info.n_samples, n), ("seed", info.seed, seed), ("dtype", info.dtype, dtype)):
+        if have != new:
+            diffs.append(f"{what} {have} vs {new}")
+    if not diffs and [(f.name, f.shape) for f in info.fields] != [(f.name, f.shape) for f in pde.fields]:
+        diffs.append("fields " + str([(f.name, f.shape) for f in info.fields]))
+    return diffs
+
+
+def generate_dataset(
+    problem: str | PDE,
+    n: int,
+    out: str | Path,
+    *,
+    resolution: int | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    dtype: str = "float32",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Generate ``n`` samples of ``problem`` into the HDF5 file ``out`` and return its path.
+
+    problem:     a registered family name (with ``resolution`` and ``parameters``) or a PDE instance.
+    seed:        dataset seed; sample ``i`` uses ``sample_seed(seed, i)`` (module docstring).
+    workers:     processes computing samples (1: in this process; else forkserver or spawn
+                 processes), each with one torch thread; the content does not depend on it.
+    dtype:       storage dtype, ``"float32"`` (default) or ``"float64"``.
+    overwrite:   replace a complete ``out`` (or a partial file) made with other settings.
+
+    The work goes to ``out.partial`` and is resumed from there after an interruption.
+    """
+    pde = resolve_problem(problem, resolution, parameters)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{pde.name}: the number of samples must be a positive integer, got {n!r}")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"{pde.name}: workers must be a positive integer, got {workers!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{pde.name}: seed must be a non-negative integer, got {seed!r}")
+    if dtype not in hdf5.DTYPES:
+        raise ValueError(f"{pde.name}: dtype must be one of {', '.join(hdf5.DTYPES)}, got {dtype!r}")
+    n, seed, workers = int(n), int(seed), int(workers)
+    out, partial = Path(out), partial_path(out)
+
+    if out.exists():
+        try:
+            info = hdf5.read_info(out, allow_incomplete=True)
+            diffs = _same_settings(info, pde, n, seed, dtype) or ([] if info.complete else ["incomplete"])
+        except hdf5.FileInUseError:
+            raise
+        except hdf5.DatasetFileError as e:
+            diffs = [str(e)]
+        if not diffs:
+            if progress:
+                print(f"{out} is complete ({n} samples of {pde.name}); nothing to do")
+            return out
+        if not overwrite:
+            raise FileExistsError(f"{pde.name}: {out} exists and differs ({'; '.join(diffs)}); "
+                                  "choose another output or overwrite it (--overwrite)")
+    if partial.exists():
+        try:
+            diffs = _same_settings(hdf5.read_info(partial, allow_incomplete=True), pde, n, seed, dtype)
+        except hdf5.FileInUseError:
+            raise
+        except hdf5.DatasetFileError as e:
+            diffs = [str(e)]
+        if diffs and not overwrite:
+            raise FileExistsError(f"{pde.name}: cannot resume {partial}: it differs ({'; '.join(diffs)}); "
+                                  "delete it, choose another output, or overwrite it (--overwrite)")
+        if diffs:
+            partial.unlink()
+    if not partial.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        new = partial.with_name(partial.name + ".new")  # so that a partial file always has a whole header
+        hdf5.create_file(new, config=pde.config(), fields=pde.fields, grid=pde.grid, n_samples=n,
+                         seeds=np.array([sample_seed(seed, i) for i in range(n)], dtype=np.int64),
+                         dtype=dtype, seed=seed, seed_rule=SEED_RULE, creator="diffpde generate")
+        os.replace(new, partial)
+
+    with hdf5.open_for_writing(partial) as f:
+        seeds = f["seeds"][()]
+        todo = [(int(i), int(seeds[i])) for i in np.flatnonzero(f["done"][()] == 0)]
+        bar = tqdm(total=n, initial=n - len(todo), desc=f"{pde.name} {pde.resolution}", unit="sample",
+                   disable=not progress, dynamic_ncols=True)
+        with bar, contextlib.closing(_compute(pde, todo, min(workers, max(1, len(todo))))) as results:
+            for index, values in results:
+                hdf5.write_sample(f, index, check_sample(pde, values, index, int(seeds[index])))
+                bar.update(1)
+        hdf5.finalize(f)
+    os.replace(partial, out)
+    return out
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def parse_parameters(items: list[str], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict; values are JSON when they parse (``2``, ``0.5``, ``[1,2]``,
+    ``true``), else strings; an integer is made a float where the default is a float."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param expects key=value, got {item!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if defaults and isinstance(defaults.get(key), float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        out[key] = value
+    return out
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("generate", help="generate a dataset with a PDE family's solver",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("problem", help="PDE family (e.g. darcy, poisson, helmholtz, burgers, navier_stokes)")
+    p.add_argument("--n", type=int, required=True, help="number of samples")
+    p.add_argument("--resolution", type=int, required=True, help="grid resolution of the family")
+    p.add_argument("--out", required=True, help="output HDF5 file (work goes to OUT.partial until complete)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1: in-process)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="family parameter (repeatable)")
+    p.add_argument("--dtype", choices=hdf5.DTYPES, default="float32", help="storage dtype (default float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    defaults = resolve_problem(args.problem, args.resolution).defaults
+    parameters = parse_parameters(args.param, defaults)
+    out = generate_dataset(args.problem, args.n, args.out, resolution=args.resolution, parameters=parameters,
+                           seed=args.seed, workers=args.workers, dtype=args.dtype, progress=not args.quiet,
+                           overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
