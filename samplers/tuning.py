@@ -69,7 +69,7 @@ def reference_trajectory(denoiser: Denoiser, x: Tensor, candidates: Tensor, *, r
     """
     from scipy.integrate import solve_ivp
 
-    shape, batch = x.shape, x.shape[0]
+    shape = x.shape
     c = candidates.tolist()
     s_end = c[-2] * 1e-3
 

@@ -80,7 +80,7 @@ def test_bad_pdebench_files_are_named(tmp_path):
     with pytest.raises(DatasetFileError, match="darcy shapes do not fit"):
         import_pdebench(darcy, "darcy", tmp_path / "x.h5", progress=False)
     nan = tmp_path / "nan.hdf5"
-    tensor = make_burgers(nan)
+    make_burgers(nan)
     with h5py.File(nan, "r+") as f:
         f["tensor"][2, 3, 4] = np.nan
     with pytest.raises(DatasetFileError, match="field 'u' of sample 2 contains NaN"):

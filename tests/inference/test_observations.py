@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from diffpde.inference.observations import (
-    CallableObservation, LinearObservation, MaskObservation, Observations, SensorColumns, SparsePoints,
+    CallableObservation, LinearObservation, Observations, SensorColumns, SparsePoints,
     StackedObservation, require,
 )
 

@@ -13,15 +13,6 @@ from samplers.analytic import GaussianDenoiser
 SHAPE = (2, 3, 4)  # [C, H, W] of one sample; d = 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids the spin-wait of a second one on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gaussian(seed=0, scale=0.7):
     g = torch.Generator().manual_seed(seed)
     d = math.prod(SHAPE)

@@ -18,15 +18,6 @@ MODEL = {"network": {"type": "unet2d", "block_out_channels": [16, 32], "attentio
          "precond": {"type": "edm"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids the spin-wait of a second one on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pdes.register
 class _ToyPDE(pdes.PDE):
     """A stand-in PDE family for the problem round trip (``-u = a`` pointwise)."""

@@ -11,15 +11,6 @@ TINY2D = dict(block_out_channels=(16, 32), attention_levels=(False, True))
 TINY1D = dict(block_out_channels=(16, 32, 32))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids the spin-wait of a second one on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
     """Give every parameter (including zero-initialised ones) random values."""
     g = torch.Generator().manual_seed(seed)

@@ -10,15 +10,6 @@ import diffpde.pdes as pdes
 from diffpde.pdes.burgers import Burgers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small FFTs: one thread is faster, and far faster on a shared, oversubscribed machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Cole-Hopf: u = -2 nu phi_x / phi with phi_t = nu phi_xx. A positive trigonometric polynomial
 # phi(0, x) = c + sum_k a_k sin(2 pi k x + theta_k) decays mode by mode, so u is known in closed form.
 MODES = [(1, 1.0, 0.0), (2, 0.4, 1.0), (3, 0.2, 2.0)]  # (k, a_k, theta_k); c = 1.8 > sum a_k

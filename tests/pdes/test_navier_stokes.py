@@ -11,15 +11,6 @@ import diffpde.pdes as pdes
 from diffpde.pdes.navier_stokes import NavierStokes, fno_forcing, solve_navier_stokes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small FFTs: one thread is faster, and far faster on a shared, oversubscribed machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rel(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 

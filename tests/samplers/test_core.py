@@ -5,15 +5,6 @@ from samplers._core import Run, check_sigmas, get_solver
 from samplers.analytic import GaussianDenoiser
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: torch's intra-op threads only add synchronisation cost on busy cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     "grid, message",
     [([1.0], "at least 2"), ([2.0, 1.0], "end in 0"), ([1.0, 2.0, 0.0], "strictly decreasing"),

@@ -10,14 +10,6 @@ from samplers.denoisers import (CosineVPTimestep, DiscreteVPTimestep, FlowDenois
                                 from_diffusers)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gaussian():
     g = torch.Generator().manual_seed(7)
     a = torch.randn(4, 4, generator=g, dtype=torch.float64)

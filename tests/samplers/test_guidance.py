@@ -15,14 +15,6 @@ from samplers.schedules import karras
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mixture() -> GaussianMixtureDenoiser:
     g = torch.Generator().manual_seed(1)
     return GaussianMixtureDenoiser(torch.tensor([0.3, 0.7]), torch.randn(2, 2, 3, generator=g, dtype=F64),

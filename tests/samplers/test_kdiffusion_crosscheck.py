@@ -10,15 +10,6 @@ from samplers.analytic import GaussianMixtureDenoiser
 from _kdiffusion import load_sampling  # tests/samplers is on sys.path (rootdir-less test dirs)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: torch's intra-op threads only add synchronisation cost on busy cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mixture():
     g = torch.Generator().manual_seed(3)
     means = torch.randn(3, 2, 4, generator=g, dtype=torch.float64) * 2.0

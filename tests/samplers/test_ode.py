@@ -13,15 +13,6 @@ from samplers.reference import reference
 ODE_SOLVERS = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: torch's intra-op threads only add synchronisation cost on busy cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gaussian(d=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))

@@ -6,14 +6,6 @@ from samplers.analytic import GaussianDenoiser
 from samplers.reference import reference
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gaussian():
     g = torch.Generator().manual_seed(5)
     a = torch.randn(6, 6, generator=g, dtype=torch.float64)

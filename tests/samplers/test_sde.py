@@ -18,15 +18,6 @@ from samplers.schedules import karras
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these tensors are tiny: a second intra-op thread only adds contention on busy cores (10-20x slower)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gaussian(d: int = 5, seed: int = 0) -> GaussianDenoiser:
     """N(mu, C) with a random rotation and eigenvalues from 0.1 to 3."""
     g = torch.Generator().manual_seed(seed)

@@ -13,14 +13,6 @@ from samplers.smc import effective_sample_size, systematic_resample, tds
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LinearGaussian:
     """Prior N(mu, C) in d = 6, ``B`` instances of y = A x0 + s * noise with A selecting 3 coordinates."""
 
