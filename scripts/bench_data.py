@@ -2,7 +2,11 @@
 
 For each family, at 64^2 and 128^2 (1D families: 256 and 1024 points), times
 ``diffpde.data.generate_dataset`` (solver, checks and HDF5 writes) with 1 and 2 workers, and
-reports the rms of the family's own residual on one generated sample (float64, before storage).
+reports the rms of the family's own residual on one generated sample (float64, before storage) and
+the solver's error against the family's truth case at that resolution (``truth error``: the relative
+L2 error ``||u - u_exact|| / ||u_exact||`` of ``diffpde.pdes.verification.truth_error`` -- manufactured
+solutions for darcy/poisson/helmholtz, Cole-Hopf for burgers, Taylor-Green for navier_stokes; nan for a
+family without a truth case). It is computed outside the timing.
 Runs of 1 and 2 workers are interleaved and repeated; the best rate counts (the machine may be shared).
 Every run uses one torch thread per process. The process server is started outside the timing
 (a warm-up run), the start of the worker pool (~0.1 s) is inside it.
@@ -25,6 +29,7 @@ import torch
 
 import diffpde.pdes as pdes
 from diffpde.data import generate_dataset
+from diffpde.pdes.verification import TRUTH_CASES, truth_error
 
 
 def import_families() -> list[str]:
@@ -55,8 +60,9 @@ def bench(name: str, resolution: int, workers: list[int], budget: float, max_n: 
         residual = float(pde.residual_norm(fields)[0])
     except NotImplementedError:
         residual = float("nan")
+    truth = truth_error(name, resolution) if name in TRUTH_CASES else float("nan")
     n = int(max(8, min(max_n, budget / max(per_sample, 1e-6))))
-    row = {"problem": name, "resolution": resolution, "n": n, "residual_rms": residual}
+    row = {"problem": name, "resolution": resolution, "n": n, "residual_rms": residual, "truth_error": truth}
     for w in workers:
         if w > 1:  # start the process server, outside the timing
             generate_dataset(name, w, scratch / f"warm-{name}-{resolution}-{w}.h5", resolution=resolution,
@@ -87,7 +93,7 @@ def main() -> None:
     names = import_families() if not args.problems else args.problems.split(",")
     rows = []
     header = f"{'problem':<14}{'res':>6}{'n':>5}" + "".join(f"{f'samples/s W={w}':>17}" for w in args.workers) + \
-        f"{'speedup':>9}{'residual rms':>14}"
+        f"{'speedup':>9}{'residual rms':>14}{'truth error':>13}"
     print(header)
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
@@ -97,7 +103,7 @@ def main() -> None:
                 row["speedup"] = rates[-1] / rates[0]
                 rows.append(row)
                 print(f"{name:<14}{resolution:>6}{row['n']:>5}" + "".join(f"{r:>17.2f}" for r in rates)
-                      + f"{row['speedup']:>9.2f}{row['residual_rms']:>14.2e}", flush=True)
+                      + f"{row['speedup']:>9.2f}{row['residual_rms']:>14.2e}{row['truth_error']:>13.2e}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"torch_threads": torch.get_num_threads(), "rows": rows}, indent=2))
 

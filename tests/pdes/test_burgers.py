@@ -8,21 +8,7 @@ import torch
 
 import diffpde.pdes as pdes
 from diffpde.pdes.burgers import Burgers
-
-
-# Cole-Hopf: u = -2 nu phi_x / phi with phi_t = nu phi_xx. A positive trigonometric polynomial
-# phi(0, x) = c + sum_k a_k sin(2 pi k x + theta_k) decays mode by mode, so u is known in closed form.
-MODES = [(1, 1.0, 0.0), (2, 0.4, 1.0), (3, 0.2, 2.0)]  # (k, a_k, theta_k); c = 1.8 > sum a_k
-
-
-def cole_hopf(nu, t, x, c=1.8):
-    t, x = np.asarray(t, dtype=float)[..., None], np.asarray(x, dtype=float)
-    phi, phi_x = c, 0.0
-    for k, a, theta in MODES:
-        decay = a * np.exp(-nu * (2 * np.pi * k) ** 2 * t)
-        phi = phi + decay * np.sin(2 * np.pi * k * x + theta)
-        phi_x = phi_x + decay * 2 * np.pi * k * np.cos(2 * np.pi * k * x + theta)
-    return -2 * nu * phi_x / phi
+from diffpde.pdes.verification import burgers_cole_hopf, cole_hopf
 
 
 def rel(a, b):
@@ -31,21 +17,16 @@ def rel(a, b):
 
 @pytest.mark.parametrize("nu", [0.05, 0.1])
 def test_cole_hopf_exact_solution_at_256(nu):
-    problem = Burgers(256, nu=nu, nt=11)
-    x, t = problem.grid.coords["x"], problem.grid.coords["t"]
-    exact = cole_hopf(nu, t, x)
+    u, exact = burgers_cole_hopf(256, nu=nu, nt=11)
     assert np.abs(exact).max() > 1.0  # steep enough to be a real test (max |u| ~ 1.8-3.6)
-    u = problem.solve(exact[0])
     assert u.shape == (11, 256)
     assert rel(u, exact) < 1e-6  # measured 7e-9 (nu 0.05), 5e-9 (nu 0.1)
 
 
 @pytest.mark.slow
 def test_cole_hopf_exact_solution_at_1024():
-    problem = Burgers(1024, nu=0.05, nt=11)
-    x, t = problem.grid.coords["x"], problem.grid.coords["t"]
-    exact = cole_hopf(0.05, t, x)
-    assert rel(problem.solve(exact[0]), exact) < 1e-9  # measured 5e-11
+    u, exact = burgers_cole_hopf(1024, nu=0.05, nt=11)
+    assert rel(u, exact) < 1e-9  # measured 5e-11
 
 
 def test_manufactured_forcing_callable_and_array():

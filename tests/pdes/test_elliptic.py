@@ -7,58 +7,11 @@ import torch
 
 import diffpde.pdes as pdes
 from diffpde.pdes._fd import apply_operator, operator_matrix
+from diffpde.pdes.verification import solve_manufactured
 
 PI = np.pi
 RESOLUTIONS = (17, 33, 65)
-
-
-# Manufactured solution u = g(x) sin(pi y), g = x (1 - x) e^x, zero on the boundary of [0, 1]^2.
-def g(x):
-    return x * (1 - x) * np.exp(x)
-
-
-def dg(x):
-    return (1 - x - x**2) * np.exp(x)
-
-
-def d2g(x):
-    return -(x**2 + 3 * x) * np.exp(x)
-
-
-def u_exact(x, y):
-    return g(x) * np.sin(PI * y)
-
-
-def laplacian_u(x, y):
-    return (d2g(x) - PI**2 * g(x)) * np.sin(PI * y)
-
-
-# Smooth variable permeability for Darcy, positive (>= 0.5).
-def a_exact(x, y):
-    return 1 + 0.5 * np.sin(2 * PI * x) * np.cos(PI * y)
-
-
-def darcy_source(x, y):
-    """f = -div(a grad u) = -(a_x u_x + a_y u_y + a laplacian(u))."""
-    a_x = PI * np.cos(2 * PI * x) * np.cos(PI * y)
-    a_y = -0.5 * PI * np.sin(2 * PI * x) * np.sin(PI * y)
-    u_x = dg(x) * np.sin(PI * y)
-    u_y = PI * g(x) * np.cos(PI * y)
-    return -(a_x * u_x + a_y * u_y + a_exact(x, y) * laplacian_u(x, y))
-
-
-def nodes(n):
-    x = np.linspace(0, 1, n)
-    return np.meshgrid(x, x, indexing="xy")  # X[i, j] = x_j, Y[i, j] = y_i
-
-
-def solve_manufactured(name, n, k=1.0):
-    X, Y = nodes(n)
-    if name == "darcy":
-        return pdes.get("darcy", n).solve(a_exact(X, Y), f=darcy_source), u_exact(X, Y)
-    if name == "poisson":
-        return pdes.get("poisson", n).solve(laplacian_u), u_exact(X, Y)
-    return pdes.get("helmholtz", n, k=k).solve(laplacian_u(X, Y) + k**2 * u_exact(X, Y)), u_exact(X, Y)
+# The manufactured solution u = g(x) sin(pi y) and its sources: diffpde.pdes.verification.
 
 
 @pytest.mark.parametrize("name, k", [("darcy", None), ("poisson", None), ("helmholtz", 1.0), ("helmholtz", 6.0)])
