@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("diffpde.training.cli", "train a diffusion prior from a YAML config (Accelerate)"),
     "sample": ("diffpde.inference.cli", "sample a posterior from observations"),
     "evaluate": ("diffpde.inference.cli", "evaluate a prior on forward / inverse / reconstruction tasks"),
+    "demo": ("diffpde.demo", "the main job on a small Darcy problem: generate, train (or reuse), reconstruct"),
 }
 
 
