@@ -20,14 +20,6 @@ from diffpde.training.trainer import train
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def darcy_file(tmp_path_factory):
-    from diffpde.data import generate_dataset
-
-    out = tmp_path_factory.mktemp("data") / "darcy16.h5"
-    return generate_dataset("darcy", 16, out, resolution=16, seed=0, progress=False)
-
-
 def _reset_accelerate():
     from accelerate.state import AcceleratorState, GradientState
 

@@ -20,26 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
 
 
-@pytest.fixture(scope="module")
-def darcy_file(tmp_path_factory):
-    from diffpde.data import generate_dataset
-
-    out = tmp_path_factory.mktemp("data") / "darcy16.h5"
-    return generate_dataset("darcy", 16, out, resolution=16, seed=0, progress=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread_fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.set_num_threads(threads)
-
-
 def config_dict(data_path, output_dir):
     return {
         "data": {"path": str(data_path), "problem": "darcy", "fields": ["a", "u"]},

@@ -14,27 +14,6 @@ from diffpde.training.losses import LOSSES, build_loss
 from diffpde.training.trainer import Trainer, denoising_loss
 
 
-@pytest.fixture(scope="module")
-def darcy_file(tmp_path_factory):
-    from diffpde.data import generate_dataset
-
-    out = tmp_path_factory.mktemp("data") / "darcy16.h5"
-    return generate_dataset("darcy", 16, out, resolution=16, seed=0, progress=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread_fresh_accelerate():
-    """One thread (bit-reproducible and fast on busy cores); a fresh Accelerate state per test."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.set_num_threads(threads)
-
-
 def tiny_config(data_path, output_dir, *overrides):
     base = {
         "data": {"path": str(data_path), "problem": "darcy", "fields": ["a", "u"]},
