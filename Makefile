@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: setup setup-test demo test test-all
+.PHONY: setup setup-test demo example test test-all
 
 setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -9,6 +9,9 @@ setup-test:
 	PYTHON=$(PYTHON) bash scripts/setup.sh test
 
 demo: setup
+	$(PYTHON) -m diffpde.cli demo
+
+example: setup
 	$(PYTHON) scripts/example_samplers.py
 
 test: setup-test
