@@ -55,16 +55,6 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
     return getattr(section, key, default)
 
 
-def _sub_normalizer(normalizer: Normalizer, names: Sequence[str]) -> Normalizer:
-    """The normaliser of ``names`` (a subset of ``normalizer.fields``), in that order."""
-    missing = [n for n in names if n not in normalizer.fields]
-    if missing:
-        raise KeyError(f"the normaliser has no statistics for field(s) {missing}; it has {list(normalizer.fields)}")
-    idx = [normalizer.fields.index(n) for n in names]
-    return Normalizer(tuple(names), tuple(normalizer.mean[i] for i in idx), tuple(normalizer.std[i] for i in idx),
-                      normalizer.field_ndim)
-
-
 class Prior(nn.Module):
     """A diffusion prior over PDE fields: network, preconditioning, representation, normaliser, problem.
 
@@ -113,8 +103,8 @@ class Prior(nn.Module):
         if normalizer is not None:
             if normalizer.field_ndim != len(self.grid_shape):
                 raise ValueError(f"normaliser has field_ndim={normalizer.field_ndim} but the grid {self.grid_shape} has {len(self.grid_shape)} axes")
-            self._field_norm = _sub_normalizer(normalizer, self.fields)
-            self._cond_norm = _sub_normalizer(normalizer, self.cond_fields) if self.cond_fields else None
+            self._field_norm = normalizer.select(self.fields)
+            self._cond_norm = normalizer.select(self.cond_fields) if self.cond_fields else None
         else:
             self._field_norm = self._cond_norm = None
         if problem is not None and not isinstance(problem, Mapping):
