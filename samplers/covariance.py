@@ -34,11 +34,25 @@ class CovarianceGuidance:
                       small (a zero variance makes the system singular as ``sigma -> 0``).
         cg_iters:     conjugate-gradient iterations (each one vector-Jacobian product).
         cg_tol:       relative residual at which CG stops early (per batch: when all samples reach it).
-    Counters: ``calls``, ``vjp_count`` (backward passes through the denoiser).
+        prior_var:    per-entry variance of ``x0`` for the isotropic fallback (1 for normalised data).
+
+    A learned denoiser's Jacobian is not exactly symmetric positive semi-definite. Where it has
+    negative curvature along the first CG direction (typical at large ``sigma``, where ``dD/dx`` is
+    tiny and dominated by network error) the Krylov solve has nothing to stand on; that sample then
+    uses the isotropic Tweedie covariance ``V = sigma^2 prior_var / (sigma^2 + prior_var) I`` (the
+    Gaussian-prior value, as in PiGDM) for both the solve and the correction, instead of receiving
+    no guidance at all. A negative curvature met in a later iteration ends that sample's CG early
+    (a nearly singular direction would otherwise produce an unbounded correction). ``fallbacks`` counts such samples. For an exact denoiser this never happens.
+    ``max_rms``: if given, a correction whose root-mean-square entry exceeds ``max_rms * sqrt(prior_var)``
+    is scaled down to it (a trust region: the posterior mean cannot move further than a few prior
+    standard deviations per entry; an imperfect Jacobian otherwise occasionally sends one sample
+    hundreds of standard deviations away, and the ODE never recovers). ``clipped`` counts them.
+    Counters: ``calls``, ``vjp_count`` (backward passes through the denoiser), ``fallbacks``, ``clipped``.
     """
 
     def __init__(self, denoiser: Denoiser, forward: Callable[[Tensor], Tensor], observations: Tensor,
-                 noise_var: float | Tensor, cg_iters: int = 8, cg_tol: float = 1e-6) -> None:
+                 noise_var: float | Tensor, cg_iters: int = 8, cg_tol: float = 1e-6,
+                 prior_var: float = 1.0, max_rms: float | None = None) -> None:
         noise_var = torch.as_tensor(noise_var, dtype=torch.float64)
         if (noise_var <= 0).any() or not torch.isfinite(noise_var).all():
             raise ValueError("covariance guidance needs a positive, finite observation noise variance")
@@ -48,8 +62,16 @@ class CovarianceGuidance:
         self.observations = observations
         self.noise_var = noise_var
         self.cg_iters, self.cg_tol = int(cg_iters), float(cg_tol)
+        if not prior_var > 0:
+            raise ValueError(f"prior_var must be > 0, got {prior_var}")
+        self.prior_var = float(prior_var)
+        if max_rms is not None and not max_rms > 0:
+            raise ValueError(f"max_rms must be > 0 or None, got {max_rms}")
+        self.max_rms = None if max_rms is None else float(max_rms)
+        self.clipped = 0
         self.calls = 0
         self.vjp_count = 0
+        self.fallbacks = 0
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         self.calls += 1
@@ -73,16 +95,41 @@ class CovarianceGuidance:
                 return torch.func.jvp(self.forward, (x0,), (v,))[1].reshape(pred.shape[0], -1)
 
             noise_var = self.noise_var.to(residual)
-            solution = _batched_cg(lambda u: noise_var * u + a_apply(cov_at(u)), residual, self.cg_iters, self.cg_tol)
+            solution, broke = _batched_cg(lambda u: noise_var * u + a_apply(cov_at(u)), residual,
+                                          self.cg_iters, self.cg_tol, diagonal=noise_var)
             correction = cov_at(solution)
+            if broke.any():
+                self.fallbacks += int(broke.sum())
+                iso = var * self.prior_var / (var + self.prior_var)
+
+                def iso_cov_at(u: Tensor) -> Tensor:
+                    (w,) = a_transpose(u.reshape(pred.shape))
+                    return iso * w
+
+                # SPD by construction, and it costs no network evaluation
+                rows = broke.reshape(-1, 1)
+                u_iso, _ = _batched_cg(lambda u: noise_var * u + a_apply(iso_cov_at(u)),
+                                       torch.where(rows, residual, torch.zeros_like(residual)),
+                                       max(self.cg_iters, 8), self.cg_tol)
+                rows = broke.reshape(-1, *(1,) * (x0.ndim - 1))
+                correction = torch.where(rows, iso_cov_at(u_iso), correction)
+            if self.max_rms is not None:
+                rms = correction.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *(1,) * (x0.ndim - 1))
+                limit = self.max_rms * self.prior_var**0.5
+                self.clipped += int((rms > limit).sum())
+                correction = correction * (limit / rms.clamp_min(limit))
         return (x0 + correction).detach()
 
 
-def _batched_cg(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float) -> Tensor:
+def _batched_cg(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float,
+                diagonal: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Solve ``M u = b`` for each row of ``b [B, m]`` (M symmetric positive definite) by CG.
 
-    A row whose curvature ``p.Mp`` is not positive (M is not SPD there, e.g. the Jacobian of an
-    imperfect network is not) stops at its current iterate instead of diverging.
+    ``diagonal``: a known lower bound ``M >= diag(diagonal)`` (the noise variance of ``N + A V A^T``).
+    A row whose curvature ``p.Mp`` is not positive, or below ``p.diag p`` (so the ``A V A^T`` part
+    is not positive semi-definite there, as for an imperfect network's Jacobian), stops at its
+    current iterate instead of taking a huge step. Returns the solution and a ``[B]`` mask of the
+    rows that broke down at the first iteration (still ``u = 0``).
     """
     tiny = torch.finfo(b.dtype).tiny
     u = torch.zeros_like(b)
@@ -91,12 +138,18 @@ def _batched_cg(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: 
     rr = (r * r).sum(1, keepdim=True)
     active = rr > tol**2 * rr.clamp_min(tiny)
     stop = tol**2 * rr.clamp_min(tiny)
-    for _ in range(iters):
+    broke = torch.zeros_like(active)
+    for it in range(iters):
         if not active.any():
             break
         mp = matvec(p)
         curvature = (p * mp).sum(1, keepdim=True)
-        active = active & (curvature > 0) & torch.isfinite(curvature)
+        positive = (curvature > 0) & torch.isfinite(curvature)
+        if diagonal is not None:
+            positive = positive & (curvature >= (p * p * diagonal).sum(1, keepdim=True))
+        if it == 0:
+            broke = active & ~positive
+        active = active & positive
         alpha = torch.where(active, rr / curvature.clamp_min(tiny), torch.zeros_like(rr))
         u = u + alpha * p
         r = r - alpha * mp
@@ -104,7 +157,7 @@ def _batched_cg(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: 
         p = r + (rr_new / rr.clamp_min(tiny)) * p
         rr = rr_new
         active = active & (rr > stop)
-    return u
+    return u, broke.reshape(-1)
 
 
 def covariance_guidance(denoiser: Denoiser, forward: Callable[[Tensor], Tensor], observations: Tensor,

@@ -112,7 +112,8 @@ def dps(s: Setting, *, scale: float = 1.0, pde_weight: float = 0.0, normalize: b
     return z
 
 
-def covariance(s: Setting, *, cg_iters: int = 4, pde_std: float | None = None) -> Tensor:
+def covariance(s: Setting, *, cg_iters: int = 4, pde_std: float | None = None, max_rms: float | None = 3.0,
+               prior_var: float = 1.0) -> Tensor:
     """Covariance-aware guidance (MMPS type): exact for Gaussian priors with linear observations.
 
     ``pde_std``: if given, the PDE residual is added as virtual observations ``0 = residual + noise``
@@ -135,9 +136,9 @@ def covariance(s: Setting, *, cg_iters: int = 4, pde_std: float | None = None) -
         with torch.no_grad():
             m = s.pde_residual(s.decode(s.x[:1])).numel()
         y = torch.cat([y, torch.zeros(y.shape[0], m, dtype=y.dtype, device=y.device)], 1)
-    guided = CovarianceGuidance(s.denoiser, forward, y, 1.0, cg_iters=cg_iters)
+    guided = CovarianceGuidance(s.denoiser, forward, y, 1.0, cg_iters=cg_iters, max_rms=max_rms, prior_var=prior_var)
     z = s.solve(guided)
-    s.diagnostics["vjp"] = guided.vjp_count
+    s.diagnostics.update(vjp=guided.vjp_count, cg_fallbacks=guided.fallbacks, clipped=guided.clipped)
     return z
 
 
@@ -214,12 +215,14 @@ def diffusionpde(s: Setting, *, zeta_obs: float | Mapping[str, float] = 1.0, zet
     is scaled by ``obs_factor_late`` and ``zeta_pde * grad ||residual|| / n_points`` is added. The
     gradient flows through the denoiser evaluation that finished the step. The residual is ours,
     scaled by the true grid spacing (DiffusionPDE's lacks the ``1/h^2``). Only the ``heun`` solver.
+    A weight may also be a ``[N]`` tensor, one per chain (to tune the weights in one batch).
     """
     require(s.operator, "diffusionpde", differentiable=True)
     if s.solver != "heun":
         raise ValueError(f"the diffusionpde method runs DiffusionPDE's Heun sampler; got solver={s.solver!r}")
     ops = getattr(s.operator, "operators", (s.operator,))
-    weights = [zeta_obs.get(op.fields[0], 0.0) if isinstance(zeta_obs, Mapping) else float(zeta_obs) for op in ops]
+    weights = [zeta_obs.get(op.fields[0], 0.0) if isinstance(zeta_obs, Mapping) else zeta_obs for op in ops]
+    weights = [w if torch.is_tensor(w) and w.numel() > 1 else float(w) for w in weights]
     y_parts = torch.split(s.y.to(s.x), [op.num_measurements for op in ops], dim=1)
     run = samplers.Run(s.denoiser, s.x, s.sigmas)
     x_next, vjp = s.x, 0
@@ -236,9 +239,9 @@ def diffusionpde(s: Setting, *, zeta_obs: float | Mapping[str, float] = 1.0, zet
             late = i > switch * run.num_steps
             loss = 0.0
             for op, w, y in zip(ops, weights, y_parts):
-                if w:
+                if torch.is_tensor(w) or w:
                     loss = loss + (obs_factor_late if late else 1.0) * w * (y - op(fields)).norm(dim=1)
-            if late and zeta_pde:
+            if late and (torch.is_tensor(zeta_pde) or zeta_pde):
                 r = s.pde_residual(fields)
                 loss = loss + zeta_pde * r.reshape(r.shape[0], -1).norm(dim=1) / r[0].numel()
             if torch.is_tensor(loss):

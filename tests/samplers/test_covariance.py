@@ -77,9 +77,57 @@ def test_cg_stops_rows_where_the_system_is_not_positive_definite():
     b = torch.ones(2, 2, dtype=torch.float64)
     # row 0 sees an SPD matrix, row 1 a negative definite one
     matvec = lambda u: torch.stack([u[0] @ m, u[1] @ bad])
-    u = _batched_cg(matvec, b, iters=5, tol=0.0)
+    u, broke = _batched_cg(matvec, b, iters=5, tol=0.0)
     torch.testing.assert_close(u[0], torch.tensor([0.5, 1.0], dtype=torch.float64))
     assert torch.equal(u[1], torch.zeros(2, dtype=torch.float64))
+    assert broke.tolist() == [False, True]
+
+
+def test_cg_stops_where_the_covariance_part_has_negative_curvature():
+    """M = N + C with C slightly negative definite is still SPD, but CG on it would divide by a
+    curvature far below the noise part and take a huge step; the lower bound stops it."""
+    from samplers.covariance import _batched_cg
+
+    noise = torch.full((2,), 1.0, dtype=torch.float64)
+    c = torch.tensor([[-0.999, 0.0], [0.0, -0.5]], dtype=torch.float64)
+    b = torch.ones(1, 2, dtype=torch.float64)
+    matvec = lambda u: noise * u + u @ c
+    u_plain, _ = _batched_cg(matvec, b, iters=2, tol=0.0)
+    u, broke = _batched_cg(matvec, b, iters=2, tol=0.0, diagonal=noise)
+    assert u_plain.abs().max() > 100  # what the guard prevents
+    assert torch.equal(u, torch.zeros_like(u)) and broke.tolist() == [True]
+
+
+def test_isotropic_fallback_where_the_jacobian_has_negative_curvature():
+    """A "network" D(x) = -x has a negative definite Jacobian: every sample falls back to the
+    Gaussian-prior covariance V = sigma^2 v / (sigma^2 + v) I, whose posterior mean is closed form."""
+    sigma, v, noise = 3.0, 2.0, 0.5
+    A = torch.eye(5, dtype=torch.float64)[:2]
+    y = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    guided = CovarianceGuidance(lambda x, s: -x, lambda x0: x0 @ A.T, y, noise**2, cg_iters=3, prior_var=v)
+    got = guided(x, torch.full((3,), sigma, dtype=torch.float64))
+    iso = sigma**2 * v / (sigma**2 + v)
+    want = -x + iso * ((y - (-x) @ A.T) / (iso + noise**2)) @ A
+    torch.testing.assert_close(got, want)
+    assert guided.fallbacks == 3
+
+
+def test_max_rms_bounds_the_correction_and_leaves_small_ones_alone():
+    den, mean, cov, A, noise = _setup()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    sig = torch.full((4,), 1.0, dtype=torch.float64)
+    y_far = torch.full((1, 3), 1e4, dtype=torch.float64)
+    free = CovarianceGuidance(den, lambda x0: x0 @ A.T, y_far, noise**2, cg_iters=3, cg_tol=0)
+    capped = CovarianceGuidance(den, lambda x0: x0 @ A.T, y_far, noise**2, cg_iters=3, cg_tol=0, max_rms=2.0, prior_var=4.0)
+    base = den(x, sig)
+    rms = (capped(x, sig) - base).pow(2).mean(1).sqrt()
+    torch.testing.assert_close(rms, torch.full((4,), 4.0, dtype=torch.float64))  # 2 * sqrt(4)
+    assert capped.clipped == 4 and ((free(x, sig) - base).pow(2).mean(1).sqrt() > 100).all()
+    y = torch.randn(1, 3, dtype=torch.float64)
+    loose = CovarianceGuidance(den, lambda x0: x0 @ A.T, y, noise**2, cg_iters=3, cg_tol=0, max_rms=1e3)
+    torch.testing.assert_close(loose(x, sig), _exact_posterior_denoiser(mean, cov, A, noise, x, 1.0, y))
+    assert loose.clipped == 0
 
 
 def test_guidance_stays_finite_with_a_non_symmetric_denoiser():
