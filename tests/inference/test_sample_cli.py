@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from diffpde.cli import main
-from diffpde.data import FieldDataset, generate_dataset, read_fields
+from diffpde.data import read_fields
 from diffpde.inference.observations import Observations, SparsePoints
-from diffpde.models.prior import Prior
 
 FAST = ["--steps", "4", "--samples", "3"]
 METRIC_ROWS = ["rel L2 of mean", "rel L2 per sample", "error rate", "CRPS", "spread/skill", "coverage 50%",
@@ -26,18 +25,8 @@ METRIC_ROWS = ["rel L2 of mean", "rel L2 per sample", "error rate", "CRPS", "spr
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    data = generate_dataset("darcy", 4, root / "test.h5", resolution=16, seed=0, progress=False)
-    model = {"network": {"type": "unet2d", "block_out_channels": [8, 16], "attention_levels": [False, False],
-                         "norm_num_groups": 4}, "precond": {"type": "edm"}}
-    torch.manual_seed(0)
-    prior = Prior.from_dataset(FieldDataset(data, ("a", "u")), model)
-    with torch.no_grad():
-        prior.net.unet.conv_out.weight.zero_()
-        prior.net.unet.conv_out.bias.zero_()
-    prior.save_pretrained(root / "prior")
-    return root, str(data), str(root / "prior")
+def setup(tiny_darcy):
+    return tiny_darcy
 
 
 def _run(capsys, *argv):

@@ -1,0 +1,25 @@
+"""A tiny Darcy test set and a prior whose denoiser is exact for a standard normal (shared fixtures)."""
+
+import pytest
+import torch
+
+from diffpde.data import FieldDataset, generate_dataset
+from diffpde.models.prior import Prior
+
+
+@pytest.fixture(scope="session")
+def tiny_darcy(tmp_path_factory):
+    """``(root, test.h5, prior dir)``: 4 Darcy instances at 16x16 and an untrained prior with the
+    network's last convolution set to zero, so the denoiser is ``c_skip(sigma) * z``, the exact
+    denoiser of a standard normal in the normalised frame (every guidance method runs stably)."""
+    root = tmp_path_factory.mktemp("tiny_darcy")
+    data = generate_dataset("darcy", 4, root / "test.h5", resolution=16, seed=0, progress=False)
+    model = {"network": {"type": "unet2d", "block_out_channels": [8, 16], "attention_levels": [False, False],
+                         "norm_num_groups": 4}, "precond": {"type": "edm"}}
+    torch.manual_seed(0)
+    prior = Prior.from_dataset(FieldDataset(data, ("a", "u")), model)
+    with torch.no_grad():
+        prior.net.unet.conv_out.weight.zero_()
+        prior.net.unet.conv_out.bias.zero_()
+    prior.save_pretrained(root / "prior")
+    return root, str(data), str(root / "prior")

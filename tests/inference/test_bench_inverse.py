@@ -1,0 +1,46 @@
+"""scripts/bench_inverse.py end to end on the tiny Darcy set (the real run is hours of CPU)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_inverse", ROOT / "scripts" / "bench_inverse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_inverse_tunes_the_preset_and_tabulates_both_tasks(bench, tiny_darcy, tmp_path, capsys):
+    _, data, prior = tiny_darcy
+    zeta_file, out = tmp_path / "zeta.json", tmp_path / "bench.json"
+    argv = ["--prior", prior, "--data", data, "--n-test", "2", "--baseline-n-test", "1", "--nfe", "3,5",
+            "--samples", "2", "--baseline-steps", "6", "--baseline-samples", "2", "--tune-steps", "3",
+            "--tune-indices", "2-3", "--zeta-file", str(zeta_file), "--json", str(out)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "forward, all instances" in printed and "inverse, the preset's 1 instances" in printed
+    zetas = json.loads(zeta_file.read_text())
+    results = json.loads(out.read_text())
+    for task, observed, target in (("forward", "a", "u"), ("inverse", "u", "a")):
+        z = zetas[task]
+        # the chosen weights are the grid minimisers
+        obs_grid = {float(k): v for k, v in z["obs_grid"].items()}
+        assert z["zeta_obs"][observed] == pytest.approx(min(obs_grid, key=obs_grid.get), rel=1e-5)
+        assert z["zeta_pde"] == float(min(z["pde_grid"], key=lambda k: z["pde_grid"][k])) and z["target"] == target
+        rows = results["tables"][task]["all"]
+        assert [r["method"] for r in rows] == ["diffusionpde heun 6", "covariance dpmpp_2m 3", "covariance dpmpp_2m 5"]
+        assert [r["nfe"] for r in rows] == [11, 3, 5] and [r["n"] for r in rows] == [1, 2, 2]
+        assert [r["n"] for r in results["tables"][task]["preset_instances"]] == [1, 1, 1]
+        for r in rows:
+            assert 0 < r["rel_l2"] < 10 and 0 <= r["cov90"] <= 1 and r["time"] > 0
+        assert (target == "a") == (rows[0]["error_rate"] == rows[0]["error_rate"])  # NaN unless binary target
+    # a second run reuses the tuned weights instead of tuning again
+    assert bench.main(argv[:-2] + ["--tasks", "inverse", "--nfe", "3"]) == 0
+    assert "tuning" not in capsys.readouterr().out
