@@ -118,6 +118,10 @@ def covariance(s: Setting, *, cg_iters: int = 4, pde_std: float | None = None, m
 
     ``pde_std``: if given, the PDE residual is added as virtual observations ``0 = residual + noise``
     with that standard deviation (physical units of the residual).
+    ``max_rms`` / ``prior_var``: the trust region and the isotropic fallback of
+    :class:`~samplers.covariance.CovarianceGuidance` for an imperfect (learned) Jacobian, in the
+    prior's normalised frame (``prior_var`` 1); ``max_rms=None`` turns the trust region off. With
+    an exact denoiser neither acts (diagnostics ``cg_fallbacks`` and ``clipped`` count them).
     """
     require(s.operator, "covariance", differentiable=True)
     std = s.noise_std.to(s.x)
