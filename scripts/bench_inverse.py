@@ -141,14 +141,46 @@ def format_rows(task: str, target: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"covariance"`` or ``"covariance:pde_std=1.0;cg_iters=8"`` -> ``(name, options)``."""
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--methods {spec!r}: expected NAME[:KEY=VALUE;...]")
+        options[key] = yaml.safe_load(value)
+    return name, options
+
+
+def combine(paths: list[str]) -> int:
+    """Print the tables of several ``--json`` results (same task, same instances) as one per task."""
+    tables: dict[str, dict[str, list]] = {}
+    for path in paths:
+        for task, by_set in json.loads(Path(path).read_text())["tables"].items():
+            for key, rows in by_set.items():
+                tables.setdefault(task, {}).setdefault(key, []).extend(rows)
+    for task, by_set in tables.items():
+        target = "u" if task == "forward" else "a"
+        for key, rows in by_set.items():
+            rows = sorted(rows, key=lambda r: (not r["method"].startswith("diffusionpde"), r["method"].split(" dpmpp")[0], r["nfe"]))
+            print(f"{task}, {'all instances' if key == 'all' else 'the preset' + chr(39) + 's instances'}:\n"
+                  + format_rows(task, target, rows) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prior", required=True)
-    p.add_argument("--data", required=True, help="test set (generated with another seed than the training set)")
+    p.add_argument("--prior")
+    p.add_argument("--data", help="test set (generated with another seed than the training set)")
+    p.add_argument("--combine", nargs="+", metavar="JSON", help="only print the tables of earlier --json results")
     p.add_argument("--tasks", default="forward,inverse")
     p.add_argument("--n-test", type=int, default=50)
     p.add_argument("--nfe", default="20,50,100,200", help="network-evaluation budgets of our methods")
-    p.add_argument("--methods", default="covariance", help="our methods (comma-separated), solver dpmpp_2m")
+    p.add_argument("--methods", default="covariance",
+                   help="our methods, comma-separated NAME[:KEY=VALUE;...] (e.g. covariance:pde_std=1.0); solver dpmpp_2m")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--baseline-steps", type=int, default=2000)
@@ -161,6 +193,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.combine:
+        return combine(args.combine)
+    if not args.prior or not args.data:
+        p.error("--prior and --data are required (unless --combine)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
     prior = load_prior(args.prior)
@@ -188,19 +224,21 @@ def main(argv=None) -> int:
                              n_base, args.batch, args.seed, {"zeta_obs": z["zeta_obs"], "zeta_pde": z["zeta_pde"]})
             results.append((f"diffusionpde heun {args.baseline_steps}", res))
             print(format_rows(task, target[0], [row(*results[-1], target[0], binary)]), flush=True)
-        for method in [m for m in args.methods.split(",") if m]:
+        for spec in [m for m in args.methods.split(",") if m]:
+            method, options = parse_method(spec)
+            label = method + "".join(f" {k}={v}" for k, v in options.items())
             for nfe in [int(n) for n in args.nfe.split(",") if n]:
                 res = run_method(prior, args.data, task, method, nfe, args.samples, args.n_test, args.batch,
-                                 args.seed, {})
-                results.append((f"{method} dpmpp_2m {nfe}", res))
+                                 args.seed, options)
+                results.append((f"{label} dpmpp_2m {nfe}", res))
                 print(format_rows(task, target[0], [row(*results[-1], target[0], binary)]), flush=True)
         tables = {"all": [row(name, res, target[0], binary) for name, res in results]}
-        if not args.no_baseline and n_base < args.n_test:
+        if n_base < args.n_test:
             tables["preset_instances"] = [row(name, res, target[0], binary, n_base) for name, res in results]
         out["tables"][task] = tables
         out.setdefault("raw", {})[task] = {name: res for name, res in results}
         for key, rows in tables.items():
-            what = "all instances" if key == "all" else f"the preset's {n_base} instances"
+            what = "all instances" if key == "all" else f"the first {n_base} instances (the preset's)"
             print(f"{task}, {what}:\n" + format_rows(task, target[0], rows) + "\n", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float) + "\n")

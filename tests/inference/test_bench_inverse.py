@@ -25,7 +25,7 @@ def test_bench_inverse_tunes_the_preset_and_tabulates_both_tasks(bench, tiny_dar
             "--tune-indices", "2-3", "--zeta-file", str(zeta_file), "--json", str(out)]
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "forward, all instances" in printed and "inverse, the preset's 1 instances" in printed
+    assert "forward, all instances" in printed and "inverse, the first 1 instances (the preset's)" in printed
     zetas = json.loads(zeta_file.read_text())
     results = json.loads(out.read_text())
     for task, observed, target in (("forward", "a", "u"), ("inverse", "u", "a")):
@@ -41,6 +41,14 @@ def test_bench_inverse_tunes_the_preset_and_tabulates_both_tasks(bench, tiny_dar
         for r in rows:
             assert 0 < r["rel_l2"] < 10 and 0 <= r["cov90"] <= 1 and r["time"] > 0
         assert (target == "a") == (rows[0]["error_rate"] == rows[0]["error_rate"])  # NaN unless binary target
-    # a second run reuses the tuned weights instead of tuning again
-    assert bench.main(argv[:-2] + ["--tasks", "inverse", "--nfe", "3"]) == 0
+    # a second run reuses the tuned weights instead of tuning again; --combine merges the tables
+    second = tmp_path / "second.json"
+    assert bench.main(argv[:-2] + ["--tasks", "inverse", "--nfe", "3", "--no-baseline", "--methods",
+                                   "covariance:cg_iters=2", "--json", str(second)]) == 0
     assert "tuning" not in capsys.readouterr().out
+    rows = json.loads(second.read_text())["tables"]["inverse"]["all"]
+    assert [r["method"] for r in rows] == ["covariance cg_iters=2 dpmpp_2m 3"]
+    assert bench.main(["--combine", str(out), str(second)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("| covariance cg_iters=2 dpmpp_2m 3 |") == 2  # all and the preset's instances
+    assert printed.index("diffusionpde heun 6") < printed.index("covariance dpmpp_2m 3")
