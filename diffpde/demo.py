@@ -86,13 +86,15 @@ def prepare_prior(cache: Path, *, resolution: int, n_train: int, train_steps: in
 
 
 def run_demo(*, cache: Path = DEFAULT_CACHE, resolution: int = 32, n_train: int = 2000, train_steps: int = 1500,
-             n_test: int = 4, fraction: float = 0.03, samples: int = 16, steps: int = 20, method: str = "covariance",
-             solver: str = "dpmpp_2m", workers: int = 2, out: str = "diffpde_demo.png", fresh: bool = False,
+             n_test: int = 4, fraction: float = 0.03, samples: int = 8, steps: int = 50, method: str = "covariance",
+             solver: str | None = None, pde_std: float | None = 1.0, workers: int = 2,
+             out: str = "diffpde_demo.png", fresh: bool = False,
              seed: int = 0) -> dict[str, Any]:
     """Run the demo and return its metrics ``{task: {field: {metric: mean}}}``."""
     from .data import generate_dataset
     from .data.hdf5 import read_fields
     from .inference import Observations, SparsePoints, metrics, reconstruct
+    from .inference.tasks import default_solver
     from .inference.plot import plot_reconstruction
 
     prior, root = prepare_prior(cache, resolution=resolution, n_train=n_train, train_steps=train_steps,
@@ -103,15 +105,18 @@ def run_demo(*, cache: Path = DEFAULT_CACHE, resolution: int = 32, n_train: int 
     problem = prior.problem
     binary = {"a": (problem.parameters["a_low"], problem.parameters["a_high"])}
     shape = tuple(truth["u"].shape[1:])
+    solver = solver or default_solver(method)
     print(f"[demo] 3/3 reconstructing {n_test} held-out instances from {fraction:.0%} point observations "
-          f"({method}, {solver}, {steps} steps, {samples} samples each)")
+          f"({method}{', PDE residual std ' + format(pde_std, 'g') if method == 'covariance' and pde_std else ''}, "
+          f"{solver}, {steps} steps, {samples} samples each)")
     results: dict[str, Any] = {}
     figures = []
     for task, observed, wanted in (("forward", "a", "u"), ("inverse", "u", "a")):
         op = SparsePoints.random(observed, shape, fraction, seed=seed + (task == "inverse"))
         obs = Observations(op, op(truth))
+        options = {"pde_std": pde_std} if method == "covariance" and pde_std else {}
         post = reconstruct(prior, obs, method=method, solver=solver, steps=steps, n_samples=samples,
-                           seed=seed, noise_floor=0.02)
+                           seed=seed, method_options=options)
         m = metrics.evaluate(post.samples, truth, binary=binary)
         results[task] = {f: {k: float(v.mean()) for k, v in fm.items()} for f, fm in m.items()}
         results[task]["nfe"] = int(post.diagnostics["nfe"])
@@ -139,10 +144,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--train-steps", type=int, default=1500)
     p.add_argument("--n-test", type=int, default=4)
     p.add_argument("--fraction", type=float, default=0.03, help="fraction of grid nodes observed")
-    p.add_argument("--samples", type=int, default=16, help="posterior samples per instance")
-    p.add_argument("--steps", type=int, default=20, help="solver steps")
+    p.add_argument("--samples", type=int, default=8, help="posterior samples per instance")
+    p.add_argument("--steps", type=int, default=50, help="solver steps")
     p.add_argument("--method", default="covariance")
-    p.add_argument("--solver", default="dpmpp_2m")
+    p.add_argument("--solver", default=None, help="default: the method's (dpmpp_2m_sde for covariance)")
+    p.add_argument("--pde-std", type=float, default=1.0,
+                   help="covariance: the Darcy residual as virtual observations with this std (0: off)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where data and the trained prior are kept")
     p.add_argument("--fresh", action="store_true", help="ignore a cached prior and train again")
@@ -156,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_demo(cache=args.cache, resolution=args.resolution, n_train=args.n_train,
                        train_steps=args.train_steps, n_test=args.n_test, fraction=args.fraction,
                        samples=args.samples, steps=args.steps, method=args.method, solver=args.solver,
+                       pde_std=args.pde_std,
                        workers=args.workers, out=args.out, fresh=args.fresh)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

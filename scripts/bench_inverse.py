@@ -41,7 +41,7 @@ from diffpde.inference.cli import evaluate_prior, load_instances, load_prior, pa
 from diffpde.inference.metrics import relative_l2
 from diffpde.inference.observations import Observations
 from diffpde.inference.spec import expand_amount, parse_observe
-from diffpde.inference.tasks import reconstruct
+from diffpde.inference.tasks import default_solver, reconstruct
 
 ZETA_OBS_GRID = (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 ZETA_PDE_GRID = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -103,9 +103,9 @@ def tune_zeta(prior, data: str, task: str, indices: list[int], steps: int, tune_
     return results
 
 
-def run_method(prior, data, task, method, steps, samples, n_test, batch, seed, options) -> dict:
+def run_method(prior, data, task, method, steps, samples, n_test, batch, seed, options, solver=None) -> dict:
     args = _args(task=task, method=method, steps=steps, samples=samples, n_test=n_test, batch=batch, seed=seed,
-                 method_option=[f"{k}={json.dumps(v)}" for k, v in options.items()])
+                 solver=solver, method_option=[f"{k}={json.dumps(v)}" for k, v in options.items()])
     return evaluate_prior(prior, data, args, progress=False)
 
 
@@ -142,7 +142,8 @@ def format_rows(task: str, target: str, rows: list[dict]) -> str:
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
-    """``"covariance"`` or ``"covariance:pde_std=1.0;cg_iters=8"`` -> ``(name, options)``."""
+    """``"covariance"`` or ``"covariance:pde_std=1.0;solver=dpmpp_2m_sde"`` -> ``(name, options)``
+    (``solver`` is taken out by the caller; default: ``default_solver(name)``)."""
     import yaml
 
     name, _, rest = spec.partition(":")
@@ -165,7 +166,7 @@ def combine(paths: list[str]) -> int:
     for task, by_set in tables.items():
         target = "u" if task == "forward" else "a"
         for key, rows in by_set.items():
-            rows = sorted(rows, key=lambda r: (not r["method"].startswith("diffusionpde"), r["method"].split(" dpmpp")[0], r["nfe"]))
+            rows = sorted(rows, key=lambda r: (not r["method"].startswith("diffusionpde"), r["method"].rsplit(" ", 1)[0], r["nfe"]))
             print(f"{task}, {'all instances' if key == 'all' else 'the preset' + chr(39) + 's instances'}:\n"
                   + format_rows(task, target, rows) + "\n")
     return 0
@@ -180,7 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=50)
     p.add_argument("--nfe", default="20,50,100,200", help="network-evaluation budgets of our methods")
     p.add_argument("--methods", default="covariance",
-                   help="our methods, comma-separated NAME[:KEY=VALUE;...] (e.g. covariance:pde_std=1.0); solver dpmpp_2m")
+                   help="our methods, comma-separated NAME[:KEY=VALUE;...], e.g. covariance:pde_std=1.0;solver=dpmpp_2m_sde "
+                        "(solver default: the package's, dpmpp_2m_sde for covariance)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--baseline-steps", type=int, default=2000)
@@ -226,11 +228,14 @@ def main(argv=None) -> int:
             print(format_rows(task, target[0], [row(*results[-1], target[0], binary)]), flush=True)
         for spec in [m for m in args.methods.split(",") if m]:
             method, options = parse_method(spec)
+            solver = options.pop("solver", None) or default_solver(method)
+            order = 2 if solver in ("heun", "edm") else 1  # network evaluations per step
             label = method + "".join(f" {k}={v}" for k, v in options.items())
             for nfe in [int(n) for n in args.nfe.split(",") if n]:
-                res = run_method(prior, args.data, task, method, nfe, args.samples, args.n_test, args.batch,
-                                 args.seed, options)
-                results.append((f"{label} dpmpp_2m {nfe}", res))
+                steps = (nfe + 1) // 2 if order == 2 else nfe
+                res = run_method(prior, args.data, task, method, steps, args.samples, args.n_test, args.batch,
+                                 args.seed, options, solver=solver)
+                results.append((f"{label} {solver} {nfe}", res))
                 print(format_rows(task, target[0], [row(*results[-1], target[0], binary)]), flush=True)
         tables = {"all": [row(name, res, target[0], binary) for name, res in results]}
         if n_base < args.n_test:

@@ -69,7 +69,8 @@ def _key_values(items: Sequence[str], what: str) -> dict[str, Any]:
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", required=True, metavar="DIR", help="a saved prior (Prior.save_pretrained)")
     p.add_argument("--method", default="covariance", help="covariance (default), dps, projection, tds, diffusionpde")
-    p.add_argument("--solver", default=None, help="samplers solver (default dpmpp_2m; heun for --method diffusionpde)")
+    p.add_argument("--solver", default=None, help="samplers solver (default: dpmpp_2m_sde for covariance, heun for diffusionpde, "
+                   "dpmpp_2m otherwise)")
     p.add_argument("--steps", type=int, default=20, help="solver steps (default 20)")
     p.add_argument("--samples", type=int, default=8, metavar="K", help="posterior samples per instance (default 8)")
     p.add_argument("--schedule", default="karras", help="sigma schedule (default karras)")
@@ -212,9 +213,9 @@ def _cond(prior, truth: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Te
 
 
 def _sample(prior, observations, args: argparse.Namespace, cond=None, generator=None, noise_std=None):
-    from .tasks import reconstruct
+    from .tasks import default_solver, reconstruct
 
-    solver = args.solver or ("heun" if args.method == "diffusionpde" else "dpmpp_2m")
+    solver = args.solver or default_solver(args.method)
     for name, value in (("--steps", args.steps), ("--samples", args.samples)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -392,6 +393,7 @@ def evaluate_prior(prior, data: str, args: argparse.Namespace, progress: bool = 
     from .metrics import evaluate
     from .observations import Observations
     from .spec import describe_operator, expand_amount, parse_observe
+    from .tasks import default_solver
 
     observed, target = task_fields(prior, args.task)
     spec = expand_amount(args.observe, observed)
@@ -428,7 +430,7 @@ def evaluate_prior(prior, data: str, args: argparse.Namespace, progress: bool = 
     return {
         "task": args.task, "prior": str(args.prior), "data": str(data),
         "problem": getattr(prior, "problem_config", None), "n_test": n, "method": args.method,
-        "solver": args.solver or ("heun" if args.method == "diffusionpde" else "dpmpp_2m"), "steps": args.steps,
+        "solver": args.solver or default_solver(args.method), "steps": args.steps,
         "samples": args.samples, "batch": args.batch, "seed": args.seed, "observe": spec,
         "observed": describe_operator(operator), "targets": list(target),
         "metrics": {name: {k: _summary(v) for k, v in m.items()} for name, m in per_metric.items()},

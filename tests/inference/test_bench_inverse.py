@@ -35,7 +35,7 @@ def test_bench_inverse_tunes_the_preset_and_tabulates_both_tasks(bench, tiny_dar
         assert z["zeta_obs"][observed] == pytest.approx(min(obs_grid, key=obs_grid.get), rel=1e-5)
         assert z["zeta_pde"] == float(min(z["pde_grid"], key=lambda k: z["pde_grid"][k])) and z["target"] == target
         rows = results["tables"][task]["all"]
-        assert [r["method"] for r in rows] == ["diffusionpde heun 6", "covariance dpmpp_2m 3", "covariance dpmpp_2m 5"]
+        assert [r["method"] for r in rows] == ["diffusionpde heun 6", "covariance dpmpp_2m_sde 3", "covariance dpmpp_2m_sde 5"]
         assert [r["nfe"] for r in rows] == [11, 3, 5] and [r["n"] for r in rows] == [1, 2, 2]
         assert [r["n"] for r in results["tables"][task]["preset_instances"]] == [1, 1, 1]
         for r in rows:
@@ -44,11 +44,11 @@ def test_bench_inverse_tunes_the_preset_and_tabulates_both_tasks(bench, tiny_dar
     # a second run reuses the tuned weights instead of tuning again; --combine merges the tables
     second = tmp_path / "second.json"
     assert bench.main(argv[:-2] + ["--tasks", "inverse", "--nfe", "3", "--no-baseline", "--methods",
-                                   "covariance:cg_iters=2", "--json", str(second)]) == 0
+                                   "covariance:cg_iters=2;solver=euler", "--json", str(second)]) == 0
     assert "tuning" not in capsys.readouterr().out
     rows = json.loads(second.read_text())["tables"]["inverse"]["all"]
-    assert [r["method"] for r in rows] == ["covariance cg_iters=2 dpmpp_2m 3"]
+    assert [r["method"] for r in rows] == ["covariance cg_iters=2 euler 3"]
     assert bench.main(["--combine", str(out), str(second)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("| covariance cg_iters=2 dpmpp_2m 3 |") == 2  # all and the preset's instances
-    assert printed.index("diffusionpde heun 6") < printed.index("covariance dpmpp_2m 3")
+    assert printed.count("| covariance cg_iters=2 euler 3 |") == 2  # all and the preset's instances
+    assert printed.index("diffusionpde heun 6") < printed.index("covariance dpmpp_2m_sde 3")

@@ -35,14 +35,16 @@ def test_closed_form_posterior_is_consistent_with_conditioning(problem):
     assert torch.allclose(mean[:, observed], obs.values, atol=4 * op.noise_std)
 
 
-def test_covariance_method_samples_the_exact_posterior(problem):
+@pytest.mark.parametrize("solver", ["dpmpp_2m", None])  # None: the default, dpmpp_2m_sde
+def test_covariance_method_samples_the_exact_posterior(problem, solver):
     prior, op = problem
     b, k = 8, 400
     truth, obs = _instances(prior, op, b, 1)
     mean, cov = prior.exact_posterior(op, obs.values)
     var = cov.diagonal()
-    post = reconstruct(prior, obs, method="covariance", solver="dpmpp_2m", steps=40, n_samples=k,
+    post = reconstruct(prior, obs, method="covariance", solver=solver, steps=40, n_samples=k,
                        method_options={"cg_iters": 6}, dtype=torch.float64)
+    assert post.diagnostics["solver"] == (solver or "dpmpp_2m_sde")
     s = post.samples["u"].reshape(b, k, -1)
     # the posterior mean error is at the Monte Carlo level: z-scores have RMS ~ 1
     z = (s.mean(1) - mean) / (var / k).sqrt()
@@ -52,10 +54,11 @@ def test_covariance_method_samples_the_exact_posterior(problem):
     assert post.diagnostics["nfe"] == 40 and post.diagnostics["vjp"] > 0
 
 
-def test_covariance_method_is_calibrated(problem):
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_2m_sde"])
+def test_covariance_method_is_calibrated(problem, solver):
     prior, op = problem
     truth, obs = _instances(prior, op, 32, 2)
-    post = reconstruct(prior, obs, method="covariance", solver="dpmpp_2m", steps=40, n_samples=200,
+    post = reconstruct(prior, obs, method="covariance", solver=solver, steps=40, n_samples=200,
                        method_options={"cg_iters": 6}, dtype=torch.float64)
     m = metrics.evaluate(post.samples, truth)["u"]
     # 32 instances x 64 correlated cells: the coverage estimate has a standard error of ~0.02
