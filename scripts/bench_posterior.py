@@ -24,6 +24,8 @@ CASES = [  # method, solver, steps, method options
     ("covariance", "dpmpp_2m", 20, {"cg_iters": 6}),
     ("covariance", "dpmpp_2m", 50, {"cg_iters": 6}),
     ("covariance", "unipc", 20, {"cg_iters": 6}),
+    ("covariance", "dpmpp_2m_sde", 20, {"cg_iters": 6}),
+    ("covariance", "dpmpp_2m_sde", 50, {"cg_iters": 6}),
     ("covariance", "edm", 50, {"cg_iters": 6}),
     ("tds", "-", 50, {}),
     ("tds", "-", 200, {}),
