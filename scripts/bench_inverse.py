@@ -6,20 +6,21 @@ For each task (forward: ``a`` observed at 3 % of the nodes, ``u`` inferred; inve
 ``a`` inferred) and each method, the first ``--n-test`` instances of ``--data`` are reconstructed
 with the same observation nodes, and the table reports mean metrics over instances: relative L2 of
 the posterior mean and of single samples, the Darcy error rate of ``a`` (threshold at the mid
-value), CRPS, 90 % / 50 % coverage, spread/skill, the network evaluations and the wall time per
-instance relative to the preset.
+value), CRPS, 90 % / 50 % coverage, spread/skill, the network evaluations, the wall time per
+instance and the wall time per posterior sample relative to the preset's.
 
 The ``diffusionpde`` preset is DiffusionPDE's guided Heun sampler (2000 steps, Karras sigmas,
 observation loss for the first 80 % of steps, then 0.1 x observation + PDE residual). Its weights
 are scale-dependent (DiffusionPDE tuned them by hand for its own normalisation), so the script
 tunes them on validation instances (``--tune-indices``, disjoint from the test instances): a grid
 of observation weights (PDE weight 0), then a grid of PDE weights at the best observation weight,
-at ``--tune-steps`` Heun steps with the weights scaled by ``tune_steps / steps`` (the push per unit
+at ``--tune-steps`` Heun steps with the weights scaled by ``steps / tune_steps`` (the push per unit
 of the sampling path is what matters), all grid values in one batch. ``--zeta-file`` stores the
 tuned weights and reuses them.
 
 Costs: on 2 CPU cores with the 1.1 M-parameter 32x32 prior of the README, one guided network
-evaluation takes ~11 ms per chain at batch 64, so the preset costs ~45 s per sample chain; the
+evaluation takes ~11 ms per chain at batch 64, so the preset costs ~45 s per sample chain (94 s
+measured while 2-4 benchmark processes shared the cores); the
 full protocol (50 instances, K = 8, NFE 20-200, both tasks) is several CPU hours. Everything is
 an option; the command that produced a table is printed above it.
 """
@@ -54,7 +55,7 @@ def _args(**kw) -> argparse.Namespace:
     return argparse.Namespace(**base)
 
 
-def natural_zeta(prior, truth_std: float, m: int, steps: int) -> float:
+def natural_zeta(truth_std: float, m: int, steps: int) -> float:
     """Weight at which the late observation push per step is ``sqrt(m) / steps`` in normalised units.
 
     ``d ||y - A(x)|| / dz`` has norm ``~ std`` (physical std of the observed field) at small sigma,
@@ -73,7 +74,7 @@ def tune_zeta(prior, data: str, task: str, indices: list[int], steps: int, tune_
     obs = Observations(op, op.measure(truth))
     field = observed[0]
     std = float(truth[field].std())
-    scale = natural_zeta(prior, std, op.num_measurements, steps)
+    scale = natural_zeta(std, op.num_measurements, steps)
     b = len(indices)
     results = {}
 
@@ -129,15 +130,15 @@ def row(name, res, target, binary, n=None) -> dict:
 
 
 def format_rows(task: str, target: str, rows: list[dict]) -> str:
-    ref = next((r["time"] for r in rows if r["method"].startswith("diffusionpde")), float("nan"))
+    ref = next((r["time"] / r["K"] for r in rows if r["method"].startswith("diffusionpde")), float("nan"))
     head = (f"| {task} ({target}) | NFE | K | n | rel L2 mean | rel L2 sample | error rate | CRPS | cov 90 | cov 50 "
-            f"| spread/skill | s / instance | time ratio |")
+            f"| spread/skill | s / instance | time / sample vs preset |")
     lines = [head, "|" + "---|" * 13]
     for r in rows:
         er = "" if math.isnan(r["error_rate"]) else f"{r['error_rate']:.3f}"
         lines.append(f"| {r['method']} | {r['nfe']:.0f} | {r['K']} | {r['n']} | {r['rel_l2']:.3f} ± {r['rel_l2_sd']:.3f} "
                      f"| {r['sample_rel_l2']:.3f} | {er} | {r['crps']:.3g} | {r['cov90']:.3f} | {r['cov50']:.3f} "
-                     f"| {r['spread_skill']:.2f} | {r['time']:.2f} | {r['time'] / ref:.3f} |")
+                     f"| {r['spread_skill']:.2f} | {r['time']:.2f} | {r['time'] / r['K'] / ref:.3f} |")
     return "\n".join(lines)
 
 
