@@ -35,6 +35,7 @@ class CovarianceGuidance:
         cg_iters:     conjugate-gradient iterations (each one vector-Jacobian product).
         cg_tol:       relative residual at which CG stops early (per batch: when all samples reach it).
         prior_var:    per-entry variance of ``x0`` for the isotropic fallback (1 for normalised data).
+        max_rms:      trust region (see below); ``None`` (default) leaves corrections unbounded.
 
     A learned denoiser's Jacobian is not exactly symmetric positive semi-definite. Where it has
     negative curvature along the first CG direction (typical at large ``sigma``, where ``dD/dx`` is
@@ -42,8 +43,10 @@ class CovarianceGuidance:
     uses the isotropic Tweedie covariance ``V = sigma^2 prior_var / (sigma^2 + prior_var) I`` (the
     Gaussian-prior value, as in PiGDM) for both the solve and the correction, instead of receiving
     no guidance at all. A negative curvature met in a later iteration ends that sample's CG early
-    (a nearly singular direction would otherwise produce an unbounded correction). ``fallbacks`` counts such samples. For an exact denoiser this never happens.
-    ``max_rms``: if given, a correction whose root-mean-square entry exceeds ``max_rms * sqrt(prior_var)``
+    (a nearly singular direction would otherwise produce an unbounded correction). ``fallbacks``
+    counts the samples that fell back. For an exact denoiser neither happens.
+
+    Trust region: with ``max_rms``, a correction whose root-mean-square entry exceeds ``max_rms * sqrt(prior_var)``
     is scaled down to it (a trust region: the posterior mean cannot move further than a few prior
     standard deviations per entry; an imperfect Jacobian otherwise occasionally sends one sample
     hundreds of standard deviations away, and the ODE never recovers). ``clipped`` counts them.

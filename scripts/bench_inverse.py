@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     for task in tasks:
         observed, target = task_fields(prior, task)
         binary = target[0] == "a"
-        rows, results = [], []
+        results = []
         n_base = args.baseline_n_test or args.n_test
         if not args.no_baseline:
             if task not in zetas:
