@@ -115,17 +115,17 @@ def row(name, res, target, binary, n=None) -> dict:
     m = res["metrics"][target]
     n = res["n_test"] if n is None else min(n, res["n_test"])
 
-    def mean(values):
-        return float(np.mean(values[:n]))
+    def mean(metric):
+        """Mean over the instances; nan where the metric is undefined (ensemble metrics need K >= 2)."""
+        return float(np.mean(m[metric]["values"][:n])) if metric in m else float("nan")
 
     out = {"method": name, "nfe": res["cost"]["nfe"]["mean"], "vjp": res["cost"]["vjp"]["mean"],
-           "K": res["samples"], "n": n, "rel_l2": mean(m["rel_l2"]["values"]),
+           "K": res["samples"], "n": n, "rel_l2": mean("rel_l2"),
            "rel_l2_sd": float(np.std(m["rel_l2"]["values"][:n], ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
-           "sample_rel_l2": mean(m["sample_rel_l2"]["values"]), "crps": mean(m["crps"]["values"]),
-           "cov90": mean(m["coverage90"]["values"]), "cov50": mean(m["coverage50"]["values"]),
-           "spread_skill": mean(m["spread_skill"]["values"]),
-           "time": mean(res["cost"]["wall_time_per_instance"]["values"])}
-    out["error_rate"] = mean(m["error_rate"]["values"]) if binary and "error_rate" in m else float("nan")
+           "sample_rel_l2": mean("sample_rel_l2"), "crps": mean("crps"), "cov90": mean("coverage90"),
+           "cov50": mean("coverage50"), "spread_skill": mean("spread_skill"),
+           "time": float(np.mean(res["cost"]["wall_time_per_instance"]["values"][:n]))}
+    out["error_rate"] = mean("error_rate") if binary else float("nan")
     return out
 
 
@@ -134,11 +134,15 @@ def format_rows(task: str, target: str, rows: list[dict]) -> str:
     head = (f"| {task} ({target}) | NFE | K | n | rel L2 mean | rel L2 sample | error rate | CRPS | cov 90 | cov 50 "
             f"| spread/skill | s / instance | time / sample vs preset |")
     lines = [head, "|" + "---|" * 13]
+
+    def f(x, spec):
+        return "-" if math.isnan(x) else format(x, spec)
+
     for r in rows:
-        er = "" if math.isnan(r["error_rate"]) else f"{r['error_rate']:.3f}"
         lines.append(f"| {r['method']} | {r['nfe']:.0f} | {r['K']} | {r['n']} | {r['rel_l2']:.3f} ± {r['rel_l2_sd']:.3f} "
-                     f"| {r['sample_rel_l2']:.3f} | {er} | {r['crps']:.3g} | {r['cov90']:.3f} | {r['cov50']:.3f} "
-                     f"| {r['spread_skill']:.2f} | {r['time']:.2f} | {r['time'] / r['K'] / ref:.3f} |")
+                     f"| {r['sample_rel_l2']:.3f} | {f(r['error_rate'], '.3f')} | {f(r['crps'], '.3g')} "
+                     f"| {f(r['cov90'], '.3f')} | {f(r['cov50'], '.3f')} | {f(r['spread_skill'], '.2f')} "
+                     f"| {r['time']:.2f} | {f(r['time'] / r['K'] / ref, '.3f')} |")
     return "\n".join(lines)
 
 

@@ -52,3 +52,11 @@ def test_bench_inverse_tunes_the_preset_and_tabulates_both_tasks(bench, tiny_dar
     printed = capsys.readouterr().out
     assert printed.count("| covariance cg_iters=2 euler 3 |") == 2  # all and the preset's instances
     assert printed.index("diffusionpde heun 6") < printed.index("covariance dpmpp_2m_sde 3")
+    # one sample per instance (DiffusionPDE's protocol): the ensemble metrics are undefined, shown as "-"
+    single = tmp_path / "single.json"
+    assert bench.main(argv[:-2] + ["--tasks", "inverse", "--n-test", "1", "--baseline-samples", "1", "--methods", "",
+                                   "--json", str(single)]) == 0
+    (row,) = json.loads(single.read_text())["tables"]["inverse"]["all"]
+    assert row["K"] == 1 and row["rel_l2"] == pytest.approx(row["sample_rel_l2"])
+    assert all(row[k] != row[k] for k in ("crps", "cov90", "cov50", "spread_skill"))  # NaN
+    assert "| - | - | - | - |" in capsys.readouterr().out
