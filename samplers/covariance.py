@@ -36,15 +36,25 @@ class CovarianceGuidance:
         cg_tol:       relative residual at which CG stops early (per batch: when all samples reach it).
         prior_var:    per-entry variance of ``x0`` for the isotropic fallback (1 for normalised data).
         max_rms:      trust region (see below); ``None`` (default) leaves corrections unbounded.
+        fallback:     ``"network"`` or ``"isotropic"``: the correction where CG breaks down (below).
 
     A learned denoiser's Jacobian is not exactly symmetric positive semi-definite. Where it has
     negative curvature along the first CG direction (typical at large ``sigma``, where ``dD/dx`` is
     tiny and dominated by network error) the Krylov solve has nothing to stand on; that sample then
-    uses the isotropic Tweedie covariance ``V = sigma^2 prior_var / (sigma^2 + prior_var) I`` (the
-    Gaussian-prior value, as in PiGDM) for both the solve and the correction, instead of receiving
-    no guidance at all. A negative curvature met in a later iteration ends that sample's CG early
-    (a nearly singular direction would otherwise produce an unbounded correction). ``fallbacks``
-    counts the samples that fell back. For an exact denoiser neither happens.
+    solves the system with the isotropic Tweedie covariance ``V_iso = sigma^2 prior_var / (sigma^2 +
+    prior_var) I`` (the Gaussian-prior value, as in PiGDM), which is SPD and costs no network
+    evaluation, and applies the correction with
+    - ``fallback="network"`` (default): the network's covariance, ``sigma^2 (dD/dx)^T A^T u_iso``
+      (one more vector-Jacobian product): the direction DPS would take, with the step length of the
+      isotropic solve. The Jacobian carries the cross-covariances between fields (how a sparse
+      observation of ``u`` moves the coefficient ``a``) even where its curvature along the residual
+      is wrong; the isotropic covariance moves only the observed entries. On the tiny Darcy prior
+      (inverse task, 14 validation instances, 50 steps) this lowered the relative L2 of ``a`` from
+      0.349 to 0.307 and its spread/skill ratio from 1.25 to 1.12.
+    - ``fallback="isotropic"``: ``V_iso A^T u_iso`` for the correction too.
+    A negative curvature met in a later iteration ends that sample's CG early (a nearly singular
+    direction would otherwise produce an unbounded correction). ``fallbacks`` counts the samples
+    that fell back. For an exact denoiser neither happens.
 
     Trust region: with ``max_rms``, a correction whose root-mean-square entry exceeds ``max_rms * sqrt(prior_var)``
     is scaled down to it (a trust region: the posterior mean cannot move further than a few prior
@@ -55,7 +65,7 @@ class CovarianceGuidance:
 
     def __init__(self, denoiser: Denoiser, forward: Callable[[Tensor], Tensor], observations: Tensor,
                  noise_var: float | Tensor, cg_iters: int = 8, cg_tol: float = 1e-6,
-                 prior_var: float = 1.0, max_rms: float | None = None) -> None:
+                 prior_var: float = 1.0, max_rms: float | None = None, fallback: str = "network") -> None:
         noise_var = torch.as_tensor(noise_var, dtype=torch.float64)
         if (noise_var <= 0).any() or not torch.isfinite(noise_var).all():
             raise ValueError("covariance guidance needs a positive, finite observation noise variance")
@@ -71,6 +81,9 @@ class CovarianceGuidance:
         if max_rms is not None and not max_rms > 0:
             raise ValueError(f"max_rms must be > 0 or None, got {max_rms}")
         self.max_rms = None if max_rms is None else float(max_rms)
+        if fallback not in ("network", "isotropic"):
+            raise ValueError(f"fallback must be 'network' or 'isotropic', got {fallback!r}")
+        self.fallback = fallback
         self.clipped = 0
         self.calls = 0
         self.vjp_count = 0
@@ -115,7 +128,8 @@ class CovarianceGuidance:
                                        torch.where(rows, residual, torch.zeros_like(residual)),
                                        max(self.cg_iters, 8), self.cg_tol)
                 rows = broke.reshape(-1, *(1,) * (x0.ndim - 1))
-                correction = torch.where(rows, iso_cov_at(u_iso), correction)
+                fallback = cov_at(u_iso) if self.fallback == "network" else iso_cov_at(u_iso)
+                correction = torch.where(rows, fallback, correction)
             if self.max_rms is not None:
                 rms = correction.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *(1,) * (x0.ndim - 1))
                 limit = self.max_rms * self.prior_var**0.5

@@ -113,12 +113,14 @@ def dps(s: Setting, *, scale: float = 1.0, pde_weight: float = 0.0, normalize: b
 
 
 def covariance(s: Setting, *, cg_iters: int = 4, pde_std: float | None = None, max_rms: float | None = 3.0,
-               prior_var: float = 1.0) -> Tensor:
+               prior_var: float = 1.0, fallback: str = "network") -> Tensor:
     """Covariance-aware guidance (MMPS type): exact for Gaussian priors with linear observations.
 
     ``pde_std``: if given, the PDE residual is added as virtual observations ``0 = residual + noise``
     with that standard deviation (physical units of the residual).
-    ``max_rms`` / ``prior_var``: the trust region and the isotropic fallback of
+    ``max_rms`` / ``prior_var`` / ``fallback``: the trust region and the fallback where CG breaks
+    down (solve with the isotropic Gaussian-prior covariance, correct with the network's covariance
+    or, ``fallback="isotropic"``, the isotropic one) of
     :class:`~samplers.covariance.CovarianceGuidance` for an imperfect (learned) Jacobian, in the
     prior's normalised frame (``prior_var`` 1); ``max_rms=None`` turns the trust region off. With
     an exact denoiser neither acts (diagnostics ``cg_fallbacks`` and ``clipped`` count them).
@@ -140,7 +142,8 @@ def covariance(s: Setting, *, cg_iters: int = 4, pde_std: float | None = None, m
         with torch.no_grad():
             m = s.pde_residual(s.decode(s.x[:1])).numel()
         y = torch.cat([y, torch.zeros(y.shape[0], m, dtype=y.dtype, device=y.device)], 1)
-    guided = CovarianceGuidance(s.denoiser, forward, y, 1.0, cg_iters=cg_iters, max_rms=max_rms, prior_var=prior_var)
+    guided = CovarianceGuidance(s.denoiser, forward, y, 1.0, cg_iters=cg_iters, max_rms=max_rms, prior_var=prior_var,
+                                fallback=fallback)
     z = s.solve(guided)
     s.diagnostics.update(vjp=guided.vjp_count, cg_fallbacks=guided.fallbacks, clipped=guided.clipped)
     return z

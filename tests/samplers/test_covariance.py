@@ -98,19 +98,25 @@ def test_cg_stops_where_the_covariance_part_has_negative_curvature():
     assert torch.equal(u, torch.zeros_like(u)) and broke.tolist() == [True]
 
 
-def test_isotropic_fallback_where_the_jacobian_has_negative_curvature():
-    """A "network" D(x) = -x has a negative definite Jacobian: every sample falls back to the
-    Gaussian-prior covariance V = sigma^2 v / (sigma^2 + v) I, whose posterior mean is closed form."""
+@pytest.mark.parametrize("fallback", ["isotropic", "network"])
+def test_fallback_where_the_jacobian_has_negative_curvature(fallback):
+    """A "network" D(x) = -x has a negative definite Jacobian: every sample falls back to solving
+    with the Gaussian-prior covariance V = sigma^2 v / (sigma^2 + v) I; the correction applies that
+    solution with V ("isotropic") or with the network's sigma^2 (dD/dx)^T = -sigma^2 I ("network")."""
     sigma, v, noise = 3.0, 2.0, 0.5
     A = torch.eye(5, dtype=torch.float64)[:2]
     y = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
     x = torch.randn(3, 5, dtype=torch.float64)
-    guided = CovarianceGuidance(lambda x, s: -x, lambda x0: x0 @ A.T, y, noise**2, cg_iters=3, prior_var=v)
+    guided = CovarianceGuidance(lambda x, s: -x, lambda x0: x0 @ A.T, y, noise**2, cg_iters=3, prior_var=v,
+                                fallback=fallback)
     got = guided(x, torch.full((3,), sigma, dtype=torch.float64))
     iso = sigma**2 * v / (sigma**2 + v)
-    want = -x + iso * ((y - (-x) @ A.T) / (iso + noise**2)) @ A
+    u = (y - (-x) @ A.T) / (iso + noise**2)
+    want = -x + (iso if fallback == "isotropic" else -sigma**2) * u @ A
     torch.testing.assert_close(got, want)
     assert guided.fallbacks == 3
+    with pytest.raises(ValueError, match="fallback"):
+        CovarianceGuidance(lambda x, s: -x, lambda x0: x0 @ A.T, y, noise**2, fallback="prior")
 
 
 def test_max_rms_bounds_the_correction_and_leaves_small_ones_alone():
