@@ -45,7 +45,7 @@ class CovarianceGuidance:
     prior_var) I`` (the Gaussian-prior value, as in PiGDM), which is SPD and costs no network
     evaluation, and applies the correction with
     - ``fallback="network"`` (default): the network's covariance, ``sigma^2 (dD/dx)^T A^T u_iso``
-      (one more vector-Jacobian product): the direction DPS would take, with the step length of the
+      (the same vector-Jacobian product as the other samples' correction): the direction DPS would take, with the step length of the
       isotropic solve. The Jacobian carries the cross-covariances between fields (how a sparse
       observation of ``u`` moves the coefficient ``a``) even where its curvature along the residual
       is wrong; the isotropic covariance moves only the observed entries. On the tiny Darcy prior
@@ -113,7 +113,6 @@ class CovarianceGuidance:
             noise_var = self.noise_var.to(residual)
             solution, broke = _batched_cg(lambda u: noise_var * u + a_apply(cov_at(u)), residual,
                                           self.cg_iters, self.cg_tol, diagonal=noise_var)
-            correction = cov_at(solution)
             if broke.any():
                 self.fallbacks += int(broke.sum())
                 iso = var * self.prior_var / (var + self.prior_var)
@@ -127,9 +126,13 @@ class CovarianceGuidance:
                 u_iso, _ = _batched_cg(lambda u: noise_var * u + a_apply(iso_cov_at(u)),
                                        torch.where(rows, residual, torch.zeros_like(residual)),
                                        max(self.cg_iters, 8), self.cg_tol)
-                rows = broke.reshape(-1, *(1,) * (x0.ndim - 1))
-                fallback = cov_at(u_iso) if self.fallback == "network" else iso_cov_at(u_iso)
-                correction = torch.where(rows, fallback, correction)
+                if self.fallback == "network":  # one vector-Jacobian product for both kinds of rows
+                    correction = cov_at(torch.where(rows, u_iso, solution))
+                else:
+                    rows = broke.reshape(-1, *(1,) * (x0.ndim - 1))
+                    correction = torch.where(rows, iso_cov_at(u_iso), cov_at(solution))
+            else:
+                correction = cov_at(solution)
             if self.max_rms is not None:
                 rms = correction.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *(1,) * (x0.ndim - 1))
                 limit = self.max_rms * self.prior_var**0.5
