@@ -9,7 +9,7 @@ sigma = 2e-6 and denoised: the exact end point of the probability-flow ODE to ~1
 Rows: each deterministic solver with the number of steps its NFE budget allows, on the better of the
 Karras (rho = 7) and log-linear grids (sigma_min = 0.002), and ours also on the grid of
 ``samplers.tuning.optimized_sigmas`` (calibrated on a separate noise batch). Peers: k-diffusion's
-sampling module (loaded alone) and diffusers schedulers driven through ``samplers.diffusers`` with a
+sampling module (loaded alone) and diffusers schedulers driven through ``samplers.scheduler_bridge`` with a
 ``trained_betas`` table whose noise levels span [0.002, 80], so their Karras/exponential grids are the
 same grids. Error: RMS over all pixels and samples of ``x - x_ref``.
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from samplers import SOLVERS, get_solver, schedules  # noqa: E402
 from samplers.analytic import GaussianMixtureDenoiser  # noqa: E402
-from samplers.diffusers import fresh_scheduler, sample_with_scheduler, sigmas_of  # noqa: E402
+from samplers.scheduler_bridge import fresh_scheduler, sample_with_scheduler, sigmas_of  # noqa: E402
 from samplers.reference import reference  # noqa: E402
 from samplers.tuning import COST_MODELS, calibrate, optimized_sigmas  # noqa: E402
 

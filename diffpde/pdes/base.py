@@ -73,6 +73,9 @@ class PDE(abc.ABC):
     defaults: Mapping[str, Any] = {}
     #: smallest resolution the family accepts.
     min_resolution: int = 8
+    #: exact symmetries of the family's solution map (names understood by
+    #: :func:`diffpde.data.augment.augment`): an instance mapped by one is again an instance.
+    symmetries: tuple[str, ...] = ()
 
     def __init__(self, resolution: int, **parameters: Any) -> None:
         if not isinstance(resolution, (int, np.integer)) or isinstance(resolution, bool):
@@ -109,6 +112,15 @@ class PDE(abc.ABC):
     @property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
+
+    def two_phase_fields(self) -> dict[str, tuple[float, float]]:
+        """Fields that take one of two values, ``{name: (low, high)}``.
+
+        Such a field gets the two-phase error rate (the fraction of cells whose phase, split at
+        the midpoint, is wrong) among its metrics, the fraction of its high phase among the
+        training-time statistics, and a phase boundary in figures. Default: none.
+        """
+        return {}
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description: name, resolution and parameters."""

@@ -74,6 +74,10 @@ class Darcy(DirichletProblem2D):
         """``-div(a grad u) - f`` at interior nodes (harmonic-mean faces, ``1/h^2`` scaling)."""
         return apply_operator(u, a) - self.parameters["f"]
 
+    def two_phase_fields(self) -> dict[str, tuple[float, float]]:
+        """The permeability ``a`` takes ``a_low`` or ``a_high``."""
+        return {"a": (float(self.parameters["a_low"]), float(self.parameters["a_high"]))}
+
     def describe(self, fields: Mapping[str, Any] | None = None) -> str:
         p, n = self.parameters, self.resolution
         text = (

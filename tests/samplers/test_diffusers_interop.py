@@ -7,7 +7,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from samplers.analytic import GaussianDenoiser, GaussianMixtureDenoiser  # noqa: E402
 from samplers.denoisers import DiscreteVPTimestep, VPDenoiser  # noqa: E402
-from samplers.diffusers import sample_with_scheduler, sigmas_of  # noqa: E402
+from samplers.scheduler_bridge import sample_with_scheduler, sigmas_of  # noqa: E402
 from samplers.ode import dpmpp_2m  # noqa: E402
 
 F64 = torch.float64
