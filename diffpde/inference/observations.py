@@ -11,15 +11,20 @@ needing a capability the operator lacks fails at once:
 
 Every operator carries a Gaussian noise model ``y = A(fields) + noise_std * eps``; ``noise_std``
 is in the physical units of the measurements. :class:`Observations` pairs an operator with the
-measured values ``y`` and can be saved to / loaded from HDF5 with the observation coordinates.
+measured values ``y`` and its provenance (problem and instances) and can be saved to / loaded from
+HDF5 with the observation coordinates; :func:`check_provenance` compares the provenance with a prior.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
+import os
+import uuid
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -170,7 +175,18 @@ class SparsePoints(MaskObservation):
     def at_coordinates(cls, field: str, coords: Mapping[str, np.ndarray], dims: Sequence[str],
                        points: np.ndarray, noise_std: float = 0.0, tol: float = 1e-9) -> "SparsePoints":
         """Points ``[m, ndim]`` in physical coordinates (axis order ``dims``) snapped to the nearest node."""
-        points = np.asarray(points, dtype=np.float64).reshape(-1, len(dims))
+        dims = (dims,) if isinstance(dims, str) else tuple(dims)
+        unknown = [d for d in dims if d not in coords]
+        if unknown:
+            raise ValueError(f"dims {dims}: {', '.join(map(repr, unknown))} is not a dim of field {field!r}, "
+                             f"whose dims are {tuple(coords)}")
+        if len(set(dims)) != len(dims) or len(dims) != len(coords):
+            raise ValueError(f"dims {dims} must name each dim of field {field!r} once; its dims are {tuple(coords)}")
+        points = np.asarray(points, dtype=np.float64)
+        if points.ndim > 2 or points.size % len(dims) or (points.ndim == 2 and points.shape[1] != len(dims)):
+            raise ValueError(f"observation points must be [m, {len(dims)}] (one column per dim {dims}), "
+                             f"got shape {list(points.shape)}")
+        points = points.reshape(-1, len(dims))
         if not np.isfinite(points).all():
             raise ValueError("observation coordinates contain NaN or inf")
         idx = []
@@ -195,6 +211,9 @@ class SensorColumns(MaskObservation):
     def __init__(self, field: str, shape: Sequence[int], positions: Sequence[int], axis: int = -1,
                  noise_std: float = 0.0) -> None:
         shape = tuple(shape)
+        if not -len(shape) <= axis < len(shape):
+            raise ValueError(f"sensor axis {axis} does not exist: field {field!r} has {len(shape)} axes "
+                             f"(shape {shape}), so axis must be in [{-len(shape)}, {len(shape) - 1}]")
         axis = axis % len(shape)
         pos = np.asarray(positions, dtype=np.int64)
         if pos.size == 0 or (pos < 0).any() or (pos >= shape[axis]).any():
@@ -325,12 +344,53 @@ def operator_from_dict(d: Mapping) -> ObservationOperator:
     raise ValueError(f"cannot rebuild an observation operator of type {kind!r}")
 
 
+def _provenance(value: Mapping | None) -> dict | None:
+    """Check the layout of an observations provenance record and return it as plain JSON types."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"provenance must be a dict or None, got {type(value).__name__}")
+    unknown = sorted(set(value) - {"problem", "data", "indices"})
+    if unknown:
+        raise ValueError(f"unknown provenance key(s) {unknown}; known: problem, data, indices")
+    problem = value.get("problem")
+    if problem is not None:
+        if not isinstance(problem, Mapping) or "name" not in problem:
+            raise ValueError(f"provenance problem must be a dict with name, resolution and parameters, got {problem!r}")
+        problem = {"name": problem["name"], "resolution": problem.get("resolution"),
+                   "parameters": dict(problem.get("parameters") or {})}
+    data = value.get("data")
+    if data is not None and not isinstance(data, str):
+        raise TypeError(f"provenance data must be a path (str), got {type(data).__name__}")
+    indices = value.get("indices")
+    if indices is not None:
+        array = np.asarray(indices)
+        if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"provenance indices must be a list of integers, got {indices!r}")
+        indices = [int(i) for i in array]
+    try:
+        return json.loads(json.dumps({"problem": problem, "data": data, "indices": indices}))
+    except TypeError as err:
+        raise TypeError(f"provenance must be JSON-serialisable: {err}") from None
+
+
 @dataclass
 class Observations:
-    """Measured values ``y`` ``[B, m]`` (physical units) of the operator ``operator``."""
+    """Measured values ``y`` ``[B, m]`` (physical units) of the operator ``operator``.
+
+    ``provenance`` records where the observations come from, so that they are not used with
+    another problem or scored against other instances (see :func:`check_provenance`)::
+
+        {"problem": {"name", "resolution", "parameters"},   # PDE.config() of the observed data
+         "data": "test.h5",                                 # the dataset file (informative)
+         "indices": [0, 3, 7]}                              # the dataset instance of each row of y
+
+    Any entry may be ``None``; ``provenance=None`` records nothing.
+    """
 
     operator: ObservationOperator
     values: Tensor
+    provenance: dict | None = None
 
     def __post_init__(self) -> None:
         v = torch.as_tensor(self.values)
@@ -341,31 +401,57 @@ class Observations:
         if not torch.isfinite(v).all():
             raise ValueError("observations contain NaN or inf")
         self.values = v
+        self.provenance = _provenance(self.provenance)
+        indices = (self.provenance or {}).get("indices")
+        if indices is not None and len(indices) != v.shape[0]:
+            raise ValueError(f"provenance lists {len(indices)} instance indices {indices} but the observations "
+                             f"hold {v.shape[0]} instance(s)")
 
     @property
     def batch_size(self) -> int:
         return self.values.shape[0]
 
-    def save(self, path: str) -> None:
-        """Write operator (JSON), values and observed grid indices to an HDF5 file, atomically."""
-        import os
+    def save(self, path: str | os.PathLike) -> None:
+        """Write operator (JSON), values, provenance (JSON) and observed grid indices to an HDF5 file.
 
+        The file is written under a temporary name in the target directory and renamed into place:
+        on any error nothing is left behind and an existing file at ``path`` is untouched.
+        """
         import h5py
 
-        tmp = f"{path}.tmp"
-        with h5py.File(tmp, "w") as f:
-            f.attrs["diffpde_observations"] = json.dumps(self.operator.to_dict())
-            f.create_dataset("values", data=self.values.detach().cpu().numpy())
-            ops = self.operator.operators if isinstance(self.operator, StackedObservation) else (self.operator,)
-            for op in ops:
-                if isinstance(op, MaskObservation):
-                    f.create_dataset(f"coordinates/{op.field}", data=op.coordinates())
-        os.replace(tmp, path)
+        path = os.fspath(path)
+        operator = json.dumps(self.operator.to_dict())      # unsaveable operators fail before any file
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise OSError(f"cannot write observations file {path!r}: directory {directory!r} does not exist")
+        # a fresh name beside the target (same file system, so the rename is atomic); h5py creates it
+        # with the user's umask, as the final file should have
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["diffpde_observations"] = operator
+                if self.provenance is not None:
+                    f.attrs["diffpde_provenance"] = json.dumps(self.provenance)
+                f.create_dataset("values", data=self.values.detach().cpu().numpy())
+                ops = self.operator.operators if isinstance(self.operator, StackedObservation) else (self.operator,)
+                seen: dict[str, int] = {}
+                for op in ops:
+                    if isinstance(op, MaskObservation):
+                        k = seen[op.field] = seen.get(op.field, -1) + 1
+                        name = op.field if k == 0 else f"{op.field}.{k}"
+                        f.create_dataset(f"coordinates/{name}", data=op.coordinates())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
     @classmethod
-    def load(cls, path: str) -> "Observations":
+    def load(cls, path: str | os.PathLike) -> "Observations":
+        """Read a file written by :meth:`save` (operator, values and provenance, if recorded)."""
         import h5py
 
+        path = os.fspath(path)
         try:
             f = h5py.File(path, "r")
         except (OSError, FileNotFoundError) as err:
@@ -374,4 +460,58 @@ class Observations:
             if "diffpde_observations" not in f.attrs or "values" not in f:
                 raise ValueError(f"{path!r} is not a diffpde observations file")
             op = operator_from_dict(json.loads(f.attrs["diffpde_observations"]))
-            return cls(op, torch.as_tensor(f["values"][()]))
+            provenance = f.attrs.get("diffpde_provenance")
+            provenance = json.loads(provenance) if provenance is not None else None
+            return cls(op, torch.as_tensor(f["values"][()]), provenance)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def _show(parameters: Mapping, key: str) -> str:
+    return repr(parameters[key]) if key in parameters else "(not recorded)"
+
+
+def _describe_problem(p: Mapping) -> str:
+    return f"{p.get('name')} at resolution {p.get('resolution')}"
+
+
+def check_provenance(observations: Observations, problem_config: Mapping | Any | None,
+                     indices: Sequence[int] | None = None) -> None:
+    """Check that ``observations`` belong to the prior's problem and, if given, to the instances ``indices``.
+
+    ``problem_config``: the prior's ``{"name", "resolution", "parameters"}`` (``Prior.problem_config``,
+    or a ``PDE``, whose ``config()`` is used); ``None`` skips the problem check (a prior without a
+    PDE family). ``indices``: the dataset instances the observations are about to be scored
+    against; ``None`` skips that check.
+
+    Raises ``ValueError`` naming the first difference: problem name, resolution, a parameter (or
+    one recorded on one side only), or the instance indices. Observations without provenance
+    pass with a ``UserWarning`` (nothing can be checked).
+    """
+    record = observations.provenance
+    if record is None:
+        warnings.warn("the observations record no provenance (problem, instances): cannot check that they "
+                      "belong to this prior's problem and to the instances they are scored against",
+                      UserWarning, stacklevel=2)
+        return
+    if problem_config is not None and not isinstance(problem_config, Mapping):
+        problem_config = problem_config.config()
+    made, now = record.get("problem"), _json(problem_config) if problem_config is not None else None
+    if made is not None and now is not None:
+        if (made.get("name"), made.get("resolution")) != (now.get("name"), now.get("resolution")):
+            raise ValueError(f"the observations were made on {_describe_problem(made)}, but the prior's problem is "
+                             f"{_describe_problem(now)}")
+        ours, theirs = made.get("parameters") or {}, now.get("parameters") or {}
+        for key in sorted(set(ours) | set(theirs)):
+            if key not in ours or key not in theirs or ours[key] != theirs[key]:
+                raise ValueError(f"the observations were made on {made.get('name')} with parameter {key} = "
+                                 f"{_show(ours, key)}, but the prior's problem has {key} = {_show(theirs, key)}")
+    recorded = record.get("indices")
+    if indices is not None and recorded is not None:
+        wanted = [int(i) for i in indices]
+        if wanted != recorded:
+            raise ValueError(f"the observations were made of instance(s) {recorded}"
+                             f"{' of ' + record['data'] if record.get('data') else ''}, but are used with "
+                             f"instance(s) {wanted}")

@@ -111,3 +111,110 @@ def test_observations_reject_nan_and_round_trip_through_hdf5(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(OSError, match="cannot read"):
         Observations.load(str(tmp_path / "junk.h5"))
+
+
+def test_sensor_axis_outside_the_field_is_an_error():
+    # axis=2 on a 2D field used to become axis 0 silently
+    with pytest.raises(ValueError, match=r"axis 2 does not exist.*2 axes"):
+        SensorColumns("u", (5, 16), positions=[2], axis=2)
+    with pytest.raises(ValueError, match="axis -3"):
+        SensorColumns("u", (5, 16), positions=[2], axis=-3)
+    # negative axes inside the field are fine: -1 is the last one
+    assert torch.equal(SensorColumns("u", (5, 16), [2], axis=-1).mask_, SensorColumns("u", (5, 16), [2], axis=1).mask_)
+
+
+def test_coordinates_in_a_dim_the_field_does_not_have_are_named():
+    x = np.linspace(0, 1, 9)
+    coords = {"y": x, "x": x}
+    with pytest.raises(ValueError, match=r"'z' is not a dim of field 'u', whose dims are \('y', 'x'\)"):
+        SparsePoints.at_coordinates("u", coords, ("x", "z"), [[0.5, 0.5]])
+    with pytest.raises(ValueError, match="each dim"):
+        SparsePoints.at_coordinates("u", coords, ("x",), [[0.5]])
+    with pytest.raises(ValueError, match=r"\[m, 2\]"):
+        SparsePoints.at_coordinates("u", coords, ("y", "x"), [[0.5, 0.5, 0.5]])
+    # dims give the field's axis order and the order of the point columns
+    coords = {"y": x, "x": np.linspace(0, 2, 5)}
+    op = SparsePoints.at_coordinates("u", coords, ("x", "y"), [[2.0, 0.25]])
+    assert op.mask_.shape == (5, 9) and op.coordinates().tolist() == [[4, 2]]
+
+
+DARCY = {"name": "darcy", "resolution": 16, "parameters": {"f": 1.0, "a_low": 3.0, "a_high": 12.0}}
+
+
+def _observations(provenance, b=2):
+    op = StackedObservation([SparsePoints.random("u", (8, 8), count=4, seed=0, noise_std=0.05),
+                             SparsePoints.random("u", (8, 8), count=3, seed=1, noise_std=0.05)])
+    return Observations(op, torch.randn(b, 7, dtype=torch.float64), provenance)
+
+
+def test_provenance_round_trips_through_hdf5(tmp_path):
+    record = {"problem": DARCY, "data": "test.h5", "indices": np.array([3, 7])}
+    obs = _observations(record)
+    assert obs.provenance["indices"] == [3, 7]          # numpy indices are stored as plain ints
+    obs.save(tmp_path / "obs.h5")
+    back = Observations.load(tmp_path / "obs.h5")
+    assert back.provenance == {"problem": DARCY, "data": "test.h5", "indices": [3, 7]}
+    assert torch.equal(back.values, obs.values)
+    # a file written without provenance loads with None
+    _observations(None).save(tmp_path / "bare.h5")
+    assert Observations.load(tmp_path / "bare.h5").provenance is None
+
+
+def test_provenance_must_match_the_number_of_instances_and_its_layout():
+    with pytest.raises(ValueError, match="lists 3 instance indices"):
+        _observations({"problem": DARCY, "indices": [0, 1, 2]}, b=2)
+    with pytest.raises(ValueError, match="unknown provenance key"):
+        _observations({"problem": DARCY, "seed": 0})
+    with pytest.raises(ValueError, match="list of integers"):
+        _observations({"indices": [0.5, 1]})
+
+
+def test_check_provenance_names_the_difference():
+    from diffpde.inference.observations import check_provenance
+    from diffpde import pdes
+
+    obs = _observations({"problem": DARCY, "data": "test.h5", "indices": [3, 7]})
+    check_provenance(obs, DARCY, [3, 7])                                  # the same: passes
+    check_provenance(obs, {**DARCY, "parameters": {"f": 1, "a_low": 3, "a_high": 12}})  # 1 == 1.0
+    check_provenance(obs, None, None)                                     # nothing to compare
+    with pytest.raises(ValueError, match="made on darcy at resolution 16, but the prior's problem is burgers"):
+        check_provenance(obs, {"name": "burgers", "resolution": 16, "parameters": {}})
+    with pytest.raises(ValueError, match="resolution 32"):
+        check_provenance(obs, {**DARCY, "resolution": 32})
+    with pytest.raises(ValueError, match=r"parameter f = 1.0, but the prior's problem has f = 5.0"):
+        check_provenance(obs, {**DARCY, "parameters": {**DARCY["parameters"], "f": 5.0}})
+    with pytest.raises(ValueError, match=r"parameter tau = \(not recorded\)"):
+        check_provenance(obs, {**DARCY, "parameters": {**DARCY["parameters"], "tau": 3.0}})
+    with pytest.raises(ValueError, match=r"instance\(s\) \[3, 7\] of test.h5, but are used with instance\(s\) \[0, 1\]"):
+        check_provenance(obs, DARCY, [0, 1])
+    # a PDE instance stands for its config
+    darcy = pdes.get("darcy", 16)
+    check_provenance(_observations({"problem": darcy.config(), "indices": [0, 1]}), darcy, [0, 1])
+    with pytest.warns(UserWarning, match="record no provenance"):
+        check_provenance(_observations(None), DARCY, [0, 1])
+
+
+def test_save_leaves_nothing_behind_when_the_write_fails(tmp_path, monkeypatch):
+    from diffpde.inference import observations as module
+
+    obs = _observations({"problem": DARCY, "indices": [0, 1]})
+    target = tmp_path / "obs.h5"
+    obs.save(target)
+    before = target.read_bytes()
+
+    def fail(self):
+        raise RuntimeError("disk full")
+
+    # the write fails after the file was opened: no temporary file, the old file untouched
+    monkeypatch.setattr(module.MaskObservation, "coordinates", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _observations(None).save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obs.h5"]
+    assert target.read_bytes() == before
+    # an operator that cannot be saved fails before any file is made
+    box = Observations(CallableObservation(lambda f: f["u"].flatten(1)[:, :2], ("u",), 2), torch.zeros(1, 2))
+    with pytest.raises(TypeError, match="cannot be saved"):
+        box.save(tmp_path / "box.h5")
+    with pytest.raises(OSError, match="does not exist"):
+        obs.save(tmp_path / "missing" / "obs.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obs.h5"]
