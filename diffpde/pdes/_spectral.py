@@ -24,10 +24,21 @@ import torch
 # -- wavenumbers, dealiasing, derivatives ---------------------------------------------------------
 
 
-def wavenumbers(n: int, *, real: bool) -> torch.Tensor:
-    """Angular wavenumbers ``2 pi k`` of an axis of ``n`` points on [0, 1) (``rfft`` half if ``real``)."""
+def angular_wavenumbers(n: int, *, real: bool) -> np.ndarray:
+    """Angular wavenumbers ``2 pi k`` of an axis of ``n`` points on [0, 1) as float64 numpy (``rfft`` half if ``real``)."""
     k = np.fft.rfftfreq(n, d=1.0 / n) if real else np.fft.fftfreq(n, d=1.0 / n)
-    return torch.as_tensor(2 * np.pi * k, dtype=torch.float64)
+    return 2 * np.pi * k
+
+
+def wavenumbers(n: int, *, real: bool) -> torch.Tensor:
+    """:func:`angular_wavenumbers` as a float64 tensor."""
+    return torch.as_tensor(angular_wavenumbers(n, real=real), dtype=torch.float64)
+
+
+def laplacian_symbol(shape: tuple[int, ...]) -> np.ndarray:
+    """``|k|^2``, the symbol of ``-Laplacian``, on the ``rfftn`` grid of a periodic field of ``shape`` (numpy)."""
+    axes = [angular_wavenumbers(n, real=i == len(shape) - 1) for i, n in enumerate(shape)]
+    return sum(k**2 for k in np.meshgrid(*axes, indexing="ij"))
 
 
 def dealias_mask(n: int, *, real: bool) -> torch.Tensor:
@@ -100,16 +111,22 @@ def phi_functions(z: np.ndarray, n_contour: int = 32) -> tuple[np.ndarray, np.nd
 
 
 class ETDRK4:
-    """Coefficients of one ETDRK4 step of size ``h`` for the diagonal real linear operator ``lin``."""
+    """Coefficients of one ETDRK4 step of size ``h`` for the diagonal real linear operator ``lin``.
 
-    def __init__(self, lin: torch.Tensor, h: float):
+    ``lin`` is a numpy array (a constant of the equation, never differentiated): the coefficients
+    are computed in numpy and moved to ``device`` once, so that no tensor is read back to numpy
+    while the step runs, as under ``torch.func`` transforms (where every tensor created inside
+    the transformed function is wrapped and has no storage numpy could read).
+    """
+
+    def __init__(self, lin: np.ndarray, h: float, device: torch.device | str = "cpu"):
         self.h = h
-        z = lin.detach().cpu().numpy() * h
+        z = np.asarray(lin, dtype=np.float64) * h
         p1, p2, p3 = phi_functions(z)
         p1_half, _, _ = phi_functions(z / 2)
 
         def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, dtype=torch.float64, device=lin.device)
+            return torch.as_tensor(a, dtype=torch.float64, device=device)
 
         self.e = tensor(np.exp(z))
         self.e_half = tensor(np.exp(z / 2))
@@ -134,7 +151,7 @@ class ETDRK4:
 def integrate(
     v0: torch.Tensor,
     times: np.ndarray,
-    lin: torch.Tensor,
+    lin: np.ndarray,
     nonlinear: Callable[[torch.Tensor, float], torch.Tensor],
     step_limit: Callable[[torch.Tensor, float, int], float],
     *,
@@ -145,6 +162,7 @@ def integrate(
     """Integrate ``v' = lin v + nonlinear(v, t)`` with ETDRK4 and return the states at ``times``.
 
     v0:          state at ``times[0]``, any shape broadcasting with ``lin`` (complex spectral coefficients).
+    lin:         the diagonal real linear operator, a float64 numpy array (see :class:`ETDRK4`).
     times:       strictly increasing output times, float64, ``[nt]``.
     step_limit:  ``(v, t, k) ->`` largest step allowed for the next ``k`` steps from state ``v`` at
                  time ``t`` (the CFL limit, ``inf`` if none; see :func:`cfl_step`), evaluated without
@@ -152,7 +170,11 @@ def integrate(
     dt:          optional upper bound of the internal step.
     replan_every: steps between checks of ``step_limit``.
     checkpoint_every: if > 0 and gradients are on, recompute each block of that many steps in the
-                 backward pass (``torch.utils.checkpoint``) instead of storing its stages.
+                 backward pass (``torch.utils.checkpoint``) instead of storing its stages; ignored
+                 under ``torch.func`` transforms, which do not support it (all stages are stored).
+
+    Works under ``torch.func.vjp``, ``jvp`` and ``grad`` (the step plan depends on the state's
+    values, so not under ``vmap``).
 
     Step plan: each output interval ``D`` is split into ``m`` equal steps, ``m`` the smallest with
     ``D/m <= min(limit, dt)``; every ``replan_every`` steps the limit is checked again and ``m`` is
@@ -167,7 +189,7 @@ def integrate(
     def scheme(span: float, m: int) -> ETDRK4:
         key = (float(f"{span:.12e}"), m)  # equal output intervals differ in the last bits
         if key not in cache:
-            cache[key] = ETDRK4(lin, span / m)
+            cache[key] = ETDRK4(lin, span / m, v0.device)
         return cache[key]
 
     def limit(v: torch.Tensor, t: float) -> float:
@@ -182,7 +204,8 @@ def integrate(
             v = s.step(v, t + i * s.h, nonlinear)
         return v
 
-    use_checkpoint = checkpoint_every > 0 and torch.is_grad_enabled()
+    # Saved-tensor hooks (which checkpointing uses) do not work under torch.func's vjp/grad.
+    use_checkpoint = checkpoint_every > 0 and torch.is_grad_enabled() and not func_transforms_active()
     out = [v0]
     v = v0
     for j in range(len(times) - 1):
@@ -208,6 +231,12 @@ def integrate(
                     m, i = 2 * m, 2 * i
         out.append(v)
     return torch.stack(out, 0)
+
+
+def func_transforms_active() -> bool:
+    """Whether the caller runs inside a ``torch.func`` transform (vjp, jvp, grad, vmap)."""
+    probe = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(probe()) if probe is not None else False
 
 
 def cfl_step(speed: float, forcing_speed: float, n: int, cfl: float, steps: int = 1) -> float:

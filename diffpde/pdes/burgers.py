@@ -35,6 +35,7 @@ from ._spectral import (
     check_times,
     dealias_mask,
     integrate,
+    laplacian_symbol,
     spectral_diff,
     time_derivative,
     time_interpolator,
@@ -71,7 +72,7 @@ def solve_burgers(
     x = np.arange(n) / n
     k = wavenumbers(n, real=True).to(u0.device)
     mask = dealias_mask(n, real=True).to(u0.device)
-    lin = -nu * k**2
+    lin = -nu * laplacian_symbol((n,))
     advect = -0.5j * k * mask  # -(u^2/2)_x on the dealiased modes
     force = _forcing(forcing, t, x, u0)
 

@@ -43,6 +43,7 @@ from ._spectral import (
     check_times,
     dealias_mask_2d,
     integrate,
+    laplacian_symbol,
     time_derivative,
     time_interpolator,
     to_numpy,
@@ -111,7 +112,7 @@ def solve_navier_stokes(
     """
     n = w0.shape[-1]
     sp = _Spectral2D(n, w0.device)
-    lin = -nu * sp.k2
+    lin = -nu * laplacian_symbol((n, n))
     force = _forcing(forcing, t, n, w0)
 
     def nonlinear(v: torch.Tensor, time: float) -> torch.Tensor:
