@@ -1,5 +1,6 @@
-"""Typed training config: files, variants, overrides, unknown keys; the LR schedule; the step sampler."""
+"""Typed training config: files, bases, variants, overrides, unknown keys; the LR schedule; the step sampler."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,34 @@ from diffpde.training.trainer import LRSchedule, StepBatchSampler
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROBLEMS = ["darcy", "poisson", "helmholtz", "burgers", "navier_stokes"]
+
+
+def _differences(got, want, path=""):
+    """Where two JSON-like values differ, in value or in type (1 and 1.0 differ)."""
+    if type(got) is not type(want):
+        return [f"{path}: {got!r} ({type(got).__name__}) != {want!r} ({type(want).__name__})"]
+    if isinstance(got, dict):
+        out = [f"{path}: keys {sorted(set(got) ^ set(want))}"] if set(got) != set(want) else []
+        return out + [d for k in sorted(set(got) & set(want)) for d in _differences(got[k], want[k], f"{path}.{k}")]
+    if isinstance(got, list):
+        if len(got) != len(want):
+            return [f"{path}: {got!r} != {want!r}"]
+        return [d for i, (g, w) in enumerate(zip(got, want)) for d in _differences(g, w, f"{path}[{i}]")]
+    return [] if got == want else [f"{path}: {got!r} != {want!r}"]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("variant", [None, "tiny"])
+def test_shipped_configs_load_to_the_values_they_had_before_sharing_a_base(problem, variant):
+    """frozen_configs.json: every family and variant as the hand-written loader read the 93-line files."""
+    want = json.loads((Path(__file__).with_name("frozen_configs.json")).read_text())[f"{problem}:{variant or 'base'}"]
+    got = json.loads(json.dumps(load_config(CONFIGS / f"{problem}.yaml", variant=variant).to_dict()))
+    assert _differences(got, want) == []
+
+
+def test_differences_sees_types():
+    assert _differences({"a": [1, 2.0]}, {"a": [1, 2.0]}) == []
+    assert _differences({"a": [1, 2]}, {"a": [1, 2.0]}) and _differences({"a": 1}, {"a": 1, "b": 2})
 
 
 @pytest.mark.parametrize("problem", PROBLEMS)
@@ -44,6 +73,46 @@ def test_variant_and_overrides_merge_in_order(tmp_path):
     assert load_config(path, variant="small").train.max_steps == 5
 
 
+def test_base_files_chain_relative_to_the_file_and_loops_are_refused(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "root.yaml").write_text(
+        "optim: {lr: 1e-4, betas: [0.5, 0.6]}\ntrain: {max_steps: 7, batch_size: 4}\n"
+        "model: {network: {type: unet2d, layers_per_block: 2}}\nvariants: {small: {train: {max_steps: 2}}}\n")
+    (tmp_path / "shared" / "mid.yaml").write_text("base: root.yaml\nmodel: {network: {periodic: true}}\n")
+    (tmp_path / "family.yaml").write_text("base: shared/mid.yaml\noptim: {betas: [0.1, 0.2]}\n"
+                                          "variants: {small: {train: {batch_size: 2}}}\n")
+    c = load_config(tmp_path / "family.yaml")
+    assert c.optim.lr == 1e-4 and c.optim.betas == [0.1, 0.2] and c.train.max_steps == 7
+    assert c.model.network == {"type": "unet2d", "layers_per_block": 2, "periodic": True}
+    small = load_config(tmp_path / "family.yaml", variant="small")   # variants merge across the chain too
+    assert (small.train.max_steps, small.train.batch_size) == (2, 2)
+    (tmp_path / "shared" / "root.yaml").write_text("base: ../family.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "family.yaml")
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        load_config(tmp_path / "lost.yaml")
+
+
+def test_generation_settings_come_from_the_named_data_config(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.yaml").write_text(
+        "problem: darcy\nresolution: 64\nparameters: {f: 1.0, tau: 3.0}\nn_train: 100\nn_test: 10\nseed: 5\n")
+    (tmp_path / "c.yaml").write_text("data: {problem: darcy, generate: {from: data/d.yaml, workers: 3, seed: 9}}\n")
+    gen = load_config(tmp_path / "c.yaml", ["data.generate.parameters.f=2.5"]).data.generate
+    assert gen == {"n": 100, "resolution": 64, "seed": 9, "workers": 3, "parameters": {"f": 2.5, "tau": 3.0}}
+    with pytest.raises(ConfigError, match="'poisson'.*'darcy' data config"):
+        load_config(tmp_path / "c.yaml", ["data.problem=poisson"])
+
+
+def test_floats_without_a_dot_are_floats_everywhere(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: {options: {P_mean: -1e0, eps: 1E-3}}\nmodel: {network: {scale: 2e5}}\n")
+    c = load_config(path, ["loss.options.sigma_data=5e-1", "model.network.name=1e5x"])
+    assert c.loss.options == {"P_mean": -1.0, "eps": 1e-3, "sigma_data": 0.5}
+    assert c.model.network["scale"] == 2e5 and c.model.network["name"] == "1e5x"
+
+
 def test_half_life_is_converted_to_a_decay():
     c = load_config(base={"train": {"ema_half_life": 100}})
     assert c.ema_decay_per_step ** 100 == pytest.approx(0.5)
@@ -72,6 +141,13 @@ def test_unknown_key_in_file_names_key_section_and_suggestion(tmp_path, text, wo
     ("no_equals_sign", ["key.sub=value"]),
     ("variant=huge", ["'huge'", "variant"]),
     ("train.augment=[rotate]", ["rotate", "roll_x"]),
+    ("optim.betas=[0.9]", ["optim.betas", "at least 2"]),
+    ("train.ema_half_life=-3", ["train.ema_half_life", "> 0", "-3"]),
+    ("data.in_memory=maybe", ["data.in_memory", "true or false"]),
+    ("model=3", ["give a key inside", "'model'"]),
+    ("model.network=3", ["model.network must be a mapping, got 3"]),
+    ("train.max_steps.x=3", ["train.max_steps is not a mapping"]),
+    ("optim.lr=[1, 2]", ["optim.lr must be a number"]),
 ])
 def test_bad_overrides_are_clear_errors(override, words):
     with pytest.raises(ConfigError) as e:
@@ -89,6 +165,8 @@ def test_inconsistent_values_are_refused():
         load_config(base={"data": {"fields": ["a", "u"], "cond_fields": ["a"]}})
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config("nope.yaml")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(base={"train": 3})
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():
