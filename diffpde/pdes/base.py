@@ -16,6 +16,7 @@ and implements
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -65,8 +66,39 @@ class Grid:
         return float(c[1] - c[0])
 
 
+def check_seed(seed: Any, problem: str) -> int:
+    """``seed`` as an int, or a one-line ``ValueError`` naming it unless it is an integer >= 0."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        shown = int(seed) if isinstance(seed, np.integer) else repr(seed)
+        raise ValueError(f"{problem}: seed must be a non-negative integer, got {shown}")
+    return int(seed)
+
+
+def _seed_checked(method: Callable) -> Callable:
+    """Wrap ``generate(seed)`` or ``sample_inputs(n, seed)`` so that a bad seed (or ``n``) fails at once."""
+    if method.__name__ == "generate":
+
+        @functools.wraps(method)
+        def generate(self, seed, *args, **kwargs):
+            return method(self, check_seed(seed, self.name), *args, **kwargs)
+
+        return generate
+
+    @functools.wraps(method)
+    def sample_inputs(self, n, seed, *args, **kwargs):
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"{self.name}: number of samples must be a non-negative integer, got {n!r}")
+        return method(self, int(n), check_seed(seed, self.name), *args, **kwargs)
+
+    return sample_inputs
+
+
 class PDE(abc.ABC):
-    """Base class of a PDE family at a given resolution and parameter set."""
+    """Base class of a PDE family at a given resolution and parameter set.
+
+    A subclass's ``generate`` and ``sample_inputs`` are wrapped on definition so that a seed that is
+    not an integer >= 0 raises a one-line ``ValueError`` naming it, in every family.
+    """
 
     name: str = ""
     #: default parameters of the family; ``get(name, **parameters)`` may override these only.
@@ -76,6 +108,13 @@ class PDE(abc.ABC):
     #: exact symmetries of the family's solution map (names understood by
     #: :func:`diffpde.data.augment.augment`): an instance mapped by one is again an instance.
     symmetries: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("generate", "sample_inputs"):
+            method = cls.__dict__.get(name)
+            if callable(method) and not hasattr(method, "__wrapped__"):
+                setattr(cls, name, _seed_checked(method))
 
     def __init__(self, resolution: int, **parameters: Any) -> None:
         if not isinstance(resolution, (int, np.integer)) or isinstance(resolution, bool):

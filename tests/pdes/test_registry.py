@@ -64,3 +64,23 @@ def test_register_refuses_a_taken_name():
     with pytest.raises(ValueError, match="'darcy' is taken by diffpde.pdes.darcy.Darcy"):
         pdes.register(Impostor)
     assert pdes.get("darcy", 16).__class__ is Darcy
+
+
+@pytest.mark.parametrize("name", ["darcy", "poisson", "helmholtz", "burgers", "navier_stokes"])
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", True, None, np.int64(-2)])
+def test_bad_seed_is_one_line_error_naming_it(name, seed):
+    problem = pdes.get(name, 16)
+    shown = "-2" if isinstance(seed, np.integer) else repr(seed)
+    message = f"{name}: seed must be a non-negative integer, got {shown}"
+    with pytest.raises(ValueError, match=f"^{message.replace('(', '.').replace(')', '.')}$"):
+        problem.generate(seed)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        problem.sample_inputs(1, seed)
+
+
+def test_bad_sample_count_and_good_numpy_seed():
+    problem = pdes.get("darcy", 16)
+    with pytest.raises(ValueError, match="darcy: number of samples must be a non-negative integer, got -1"):
+        problem.sample_inputs(-1, 0)
+    np.testing.assert_array_equal(problem.generate(np.int64(3))["a"], problem.generate(3)["a"])
+    assert problem.sample_inputs(0, 5)["a"].shape == (0, 16, 16)
