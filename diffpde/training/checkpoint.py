@@ -1,8 +1,11 @@
 """Atomic, rotated training checkpoints on top of ``accelerator.save_state``.
 
 Layout: ``<output_dir>/checkpoints/step_0000100/`` holds what ``save_state`` writes (model
-weights as safetensors, optimizer, RNG states of every rank, registered objects such as the EMA)
-and ``COMPLETE.json``: the step, the world size and the size and SHA-256 of every file.
+weights as safetensors; optimizer and scheduler states, which hold only tensors, numbers and
+lists, so that Accelerate reads them back with ``torch.load(weights_only=True)``; the RNG states
+of every rank, read the same way with numpy arrays allowed), the trainer's own tensor states as
+``<name>.safetensors`` (the EMA weights) and ``COMPLETE.json``: the step, the world size and the
+size and SHA-256 of every file. Nothing is unpickled on resume.
 
 A checkpoint is written into ``.tmp_step_0000100`` by every rank; after all ranks are done the
 main process writes ``COMPLETE.json`` into it and renames the directory to ``step_0000100``. The
@@ -19,7 +22,11 @@ import re
 import shutil
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import torch
+
+from .records import write_json_atomic
 
 __all__ = [
     "CheckpointError",
@@ -32,6 +39,7 @@ __all__ = [
     "verify_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
+    "load_tensors",
     "rotate_checkpoints",
 ]
 
@@ -54,15 +62,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_marker(path: str | Path) -> dict[str, Any]:
@@ -139,12 +138,14 @@ def rotate_checkpoints(directory: str | Path, keep: int) -> list[Path]:
 
 
 def save_checkpoint(accelerator: Any, directory: str | Path, step: int, extra: dict[str, Any] | None = None,
-                    kill_before_marker: bool = False) -> Path:
+                    kill_before_marker: bool = False,
+                    tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Path:
     """Save the accelerator state at ``step`` atomically into ``directory/step_XXXXXXX``.
 
     Must be called on every rank (``save_state`` writes each rank's RNG state). ``extra`` is stored
-    in the marker. ``kill_before_marker`` SIGKILLs the main process after the state is written and
-    before the marker (to test crash safety).
+    in the marker. ``tensors``: ``{name: state_dict}`` of tensors only, written by the main process
+    as ``name.safetensors`` (read back with :func:`load_tensors`). ``kill_before_marker`` SIGKILLs
+    the main process after the state is written and before the marker (to test crash safety).
     """
     directory = Path(directory)
     final = directory / checkpoint_name(step)
@@ -154,13 +155,19 @@ def save_checkpoint(accelerator: Any, directory: str | Path, step: int, extra: d
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        from safetensors.torch import save_file
+
+        for name, state in (tensors or {}).items():
+            save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()},
+                      str(tmp / f"{name}.safetensors"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if kill_before_marker:
             os.kill(os.getpid(), signal.SIGKILL)
         files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
-        _write_json_atomic(tmp / MARKER, {"step": int(step), "world_size": accelerator.num_processes,
-                                          "files": files, **(extra or {})})
+        write_json_atomic(tmp / MARKER, {"step": int(step), "world_size": accelerator.num_processes,
+                                         "files": files, **(extra or {})}, indent=1, sort_keys=True)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -176,8 +183,22 @@ def load_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
         # The data order depends only on the step, but each rank restores its own RNG state.
         raise CheckpointError(f"checkpoint {path} was written by {info['world_size']} process(es); "
                               f"resume it with the same number (now {accelerator.num_processes})")
+    pickled = sorted(p.name for p in path.glob("custom_checkpoint_*.pkl"))
+    if pickled:
+        raise CheckpointError(f"checkpoint {path} holds pickled state ({', '.join(pickled)}), written by an older "
+                              "diffpde; it is not loaded (unpickling can run code): resume from a newer checkpoint")
     try:
         accelerator.load_state(str(path))
     except Exception as e:  # noqa: BLE001 - re-raised with the checkpoint's name
         raise CheckpointError(f"checkpoint {path} could not be loaded: {type(e).__name__}: {e}") from e
     return info
+
+
+def load_tensors(path: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """The ``name.safetensors`` state of a checkpoint written by :func:`save_checkpoint` (on CPU)."""
+    from safetensors.torch import load_file
+
+    f = Path(path) / f"{name}.safetensors"
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {f.name}")
+    return load_file(str(f))

@@ -21,8 +21,8 @@ class EMA:
 
     ``shadow`` is a frozen float32 deep copy of the module in eval mode, usable wherever the model
     is (sampling, export). Buffers are copied, not averaged. ``state_dict`` / ``load_state_dict``
-    hold only tensors and an int, so the object can be registered with
-    ``accelerator.register_for_checkpointing``.
+    hold only tensors (the update count and the decay as 0-d tensors), so the state is stored as
+    safetensors (the trainer's checkpoints hold it as ``ema.safetensors``).
     """
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .checkpoint import load_checkpoint, resolve_resume, rotate_checkpoints, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_tensors, resolve_resume, rotate_checkpoints, save_checkpoint
 from .config import ConfigError, DataConfig, TrainConfig
 from .ema import EMA
+from .records import append_jsonl, trim_jsonl, write_json_atomic
 
 __all__ = ["Trainer", "train", "StepBatchSampler", "LRSchedule", "load_dataset", "step_generator"]
 
@@ -120,22 +121,26 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def augment(x: torch.Tensor, names: list[str], generator: torch.Generator, offset: int, total: int) -> torch.Tensor:
-    """Random periodic rolls / flips of the last two axes of ``x`` ``[b, C, ..., H, W]``.
+try:
+    from ..data.augment import augment
+except ImportError:  # until the data package has its augmentation module
+    def augment(x: torch.Tensor, names: list[str], generator: torch.Generator, offset: int, total: int,
+                **_: Any) -> torch.Tensor:
+        """Random periodic rolls / flips of the last two axes of ``x`` ``[b, C, ..., H, W]``.
 
-    The draws are made for a global micro-batch of ``total`` samples, of which ``x`` holds
-    ``offset : offset + b`` (so that they do not depend on the number of ranks).
-    """
-    b = x.shape[0]
-    for name in names:
-        axis = {"x": -1, "y": -2}[name[-1]]
-        if name.startswith("roll"):
-            shifts = torch.randint(0, x.shape[axis], (total,), generator=generator)[offset:offset + b]
-            x = torch.stack([torch.roll(xi, int(s), dims=axis) for xi, s in zip(x, shifts)])
-        else:
-            flip = (torch.rand(total, generator=generator) < 0.5)[offset:offset + b]
-            x = torch.where(flip.reshape(-1, *[1] * (x.ndim - 1)).to(x.device), x.flip(axis), x)
-    return x
+        The draws are made for a global micro-batch of ``total`` samples, of which ``x`` holds
+        ``offset : offset + b`` (so that they do not depend on the number of ranks).
+        """
+        b = x.shape[0]
+        for name in names:
+            axis = {"x": -1, "y": -2}[name[-1]]
+            if name.startswith("roll"):
+                shifts = torch.randint(0, x.shape[axis], (total,), generator=generator)[offset:offset + b]
+                x = torch.stack([torch.roll(xi, int(s), dims=axis) for xi, s in zip(x, shifts)])
+            else:
+                flip = (torch.rand(total, generator=generator) < 0.5)[offset:offset + b]
+                x = torch.where(flip.reshape(-1, *[1] * (x.ndim - 1)).to(x.device), x.flip(axis), x)
+        return x
 
 
 # -- optimisation --------------------------------------------------------------------------------
@@ -257,6 +262,7 @@ class Trainer:
             raise ConfigError(f"train.augment: {bad} are not symmetries declared by {self.problem.name!r} "
                               f"(declared: {list(getattr(self.problem, 'symmetries', ())) or 'none'})")
         self.n_fields = len(config.data.fields)
+        self.channel_fields = [*config.data.fields, *config.data.cond_fields]   # the channels of a batch
         from ..models import Prior
         from .losses import build_loss
 
@@ -272,8 +278,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_schedule(step))
         self.ema = EMA(precond, config.ema_decay_per_step, warmup=t.ema_warmup)
         self.model, self.optimizer, self.scheduler = acc.prepare(precond, optimizer, scheduler)
-        self.ema.shadow.to(acc.device)
-        acc.register_for_checkpointing(self.ema)
+        self.ema.shadow.to(acc.device)   # checkpointed as ema.safetensors (save / resume), not pickled
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, Any]] = []
@@ -297,8 +302,9 @@ class Trainer:
         lo, hi = acc.process_index * self.local_batch, (acc.process_index + 1) * self.local_batch
         g = step_generator(t.seed, step, micro)
         batch = batch.to(acc.device)
-        if t.augment:
-            batch = augment(batch, t.augment, g, lo, self.micro_batch)
+        if t.augment:   # exact symmetries of the problem, sign changes applied to the physical fields
+            batch = augment(batch, t.augment, g, lo, self.micro_batch, problem=self.problem,
+                            fields=self.channel_fields, normalizer=self.dataset.normalizer)
         x0 = self.prior.representation.encode(batch[:, :self.n_fields])
         cond = batch[:, self.n_fields:] if batch.shape[1] > self.n_fields else None
         # Draws for the whole global micro-batch, so that they do not depend on the number of ranks.
@@ -313,7 +319,8 @@ class Trainer:
         t, d = self.config.train, self.config.debug
         path = save_checkpoint(self.accelerator, self.checkpoint_dir, self.step,
                                extra={"samples_seen": self.step * t.batch_size, "config": self.config.to_dict()},
-                               kill_before_marker=d.kill_during_checkpoint == self.step)
+                               kill_before_marker=d.kill_during_checkpoint == self.step,
+                               tensors={"ema": self.ema.state_dict()})
         if self.accelerator.is_main_process:
             rotate_checkpoints(self.checkpoint_dir, t.keep_checkpoints)
         self.accelerator.wait_for_everyone()
@@ -323,6 +330,10 @@ class Trainer:
         """Restore model, optimizer, scheduler, EMA and RNG states from ``"latest"`` or a checkpoint path."""
         path = resolve_resume(resume, self.checkpoint_dir)
         info = load_checkpoint(self.accelerator, path)
+        try:
+            self.ema.load_state_dict(load_tensors(path, "ema"))
+        except ValueError as e:  # CheckpointError, or a state that does not fit the model
+            raise CheckpointError(f"checkpoint {path}: EMA state could not be loaded: {e}") from e
         self.step = int(info["step"])
         if "config" in info and self.accelerator.is_main_process:
             old, new = _flat(info["config"]), _flat(self.config.to_dict())
@@ -353,8 +364,7 @@ class Trainer:
             self.evaluations.append(result)
             self.accelerator.log({f"eval/{k}": v for k, v in _flat(result).items()
                                   if isinstance(v, (int, float)) and k != "step"}, step=self.step)
-            with open(self.output_dir / "eval.jsonl", "a") as f:
-                f.write(json.dumps(result) + "\n")
+            append_jsonl(self.output_dir / "eval.jsonl", result)
         self.accelerator.wait_for_everyone()
         return result
 
@@ -383,11 +393,12 @@ class Trainer:
         main = acc.is_main_process
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            _truncate_log(self.output_dir / "log.jsonl", self.step)  # records of steps after the checkpoint are redone
-            with open(self.output_dir / "run.json", "w") as f:
-                json.dump({"world_size": self.world, "local_batch": self.local_batch, "resumed_from": resumed_from,
-                           "start_step": self.step, "num_parameters": sum(p.numel() for p in self.unwrapped.parameters()),
-                           "config": self.config.to_dict()}, f, indent=1)
+            for log in ("log.jsonl", "eval.jsonl"):   # the records of steps after the checkpoint are redone
+                trim_jsonl(self.output_dir / log, self.step)
+            write_json_atomic(self.output_dir / "run.json",
+                              {"world_size": self.world, "local_batch": self.local_batch, "resumed_from": resumed_from,
+                               "start_step": self.step, "num_parameters": sum(p.numel() for p in self.unwrapped.parameters()),
+                               "config": self.config.to_dict()}, indent=1)
         acc.init_trackers("diffpde", config=_flat(self.config.to_dict()))
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not (main and t.progress), desc="train",
                    dynamic_ncols=True)
@@ -422,15 +433,15 @@ class Trainer:
                 acc.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "world_size")}, step=self.step)
                 if main:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                    with open(self.output_dir / "log.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_jsonl(self.output_dir / "log.jsonl", record)
                 window_loss, window_n, window_t0 = torch.zeros(()), 0, time.perf_counter()
+            # Evaluate before checkpointing: a checkpoint at step s implies that eval.jsonl holds step s.
+            if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
+                self.evaluate()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                 self.save()
                 if d.kill_after_checkpoint == self.step and main:
                     os.kill(os.getpid(), signal.SIGKILL)
-            if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
-                self.evaluate()
         bar.close()
         final_eval = self.evaluate()
         prior_dir = self.export()
@@ -442,8 +453,7 @@ class Trainer:
         summary = {"step": self.step, "world_size": self.world, "resumed_from": resumed_from,
                    "prior": str(prior_dir), "history": self.history, "evaluation": final_eval}
         if main:
-            with open(self.output_dir / "result.json", "w") as f:
-                json.dump(summary, f, indent=1)
+            write_json_atomic(self.output_dir / "result.json", summary, indent=1)
         summary["step_times"] = step_times  # seconds per optimizer step (benchmarks)
         acc.end_training()
         return summary
@@ -454,13 +464,6 @@ class Trainer:
             return self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 def train(config: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
