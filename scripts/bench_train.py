@@ -104,8 +104,9 @@ def run_worker(args) -> None:
         result = worker_plain(args, fused=args.worker == "plain_fused")
     result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["threads"] = torch.get_num_threads()
-    out = Path(args.result_dir) / f"{args.worker}_{result.get('rank', 0)}.json"
-    out.write_text(json.dumps(result))
+    from diffpde.training.records import write_json_atomic
+
+    write_json_atomic(Path(args.result_dir) / f"{args.worker}_{result.get('rank', 0)}.json", result)
 
 
 def _free_port() -> int:
@@ -190,6 +191,7 @@ def main(argv=None) -> int:
                       "ratio_to_plain_fused": round(r["samples_per_s"] / fused, 3),
                       "peak_rss_mb_per_process": [round(m) for m in r["max_rss_mb"]]})
     from diffpde.training.config import load_config
+    from diffpde.training.records import write_json_atomic
 
     cfg = load_config(args.config, variant=args.variant)
     print(f"config {args.config} variant {args.variant}: network {cfg.model.network}, global batch "
@@ -200,8 +202,8 @@ def main(argv=None) -> int:
               f"{row['ratio_to_plain']:>9.3f} {row['ratio_to_plain_fused']:>9.3f} "
               f"{'/'.join(map(str, row['peak_rss_mb_per_process'])):>14}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": table, "config": args.config, "variant": args.variant,
-                                               "steps": args.steps, "warmup": args.warmup}, indent=1))
+        write_json_atomic(args.json, {"rows": table, "config": args.config, "variant": args.variant,
+                                      "steps": args.steps, "warmup": args.warmup}, indent=1)
     return 0
 
 

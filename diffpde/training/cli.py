@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
                         help="resume from the newest complete checkpoint in output_dir, or from a checkpoint directory")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides, values in YAML (train.max_steps=100 optim.lr=1e-4)")
+                        help="dotted overrides with typed values (train.max_steps=100 optim.lr=1e-4 "
+                             "model.network.block_out_channels=[32,64])")
     return parser
 
 
