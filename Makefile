@@ -1,21 +1,26 @@
+# The project's commands. Everything runs in the project's virtual environment: the active one when
+# there is one, else ./.venv (created by scripts/setup.sh with $(PYTHON)).
 PYTHON ?= python3
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PY := $(VENV)/bin/python
+export PYTHON VENV
 
 .PHONY: setup setup-test demo example test test-all
 
 setup:
-	PYTHON=$(PYTHON) bash scripts/setup.sh
+	bash scripts/setup.sh
 
 setup-test:
-	PYTHON=$(PYTHON) bash scripts/setup.sh test
+	bash scripts/setup.sh test
 
 demo: setup
-	$(PYTHON) -m diffpde.cli demo
+	$(PY) -m diffpde.cli demo
 
 example: setup
-	$(PYTHON) scripts/example_samplers.py
+	$(PY) scripts/example_samplers.py
 
 test: setup-test
-	$(PYTHON) -m pytest -q
+	$(PY) -m pytest -q
 
 test-all: setup-test
-	$(PYTHON) -m pytest -q -m ""
+	$(PY) -m pytest -q -m ""

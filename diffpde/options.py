@@ -35,7 +35,7 @@ def parse_value(text: str) -> Any:
         return low == "true"
     if low in ("null", "none", "~"):
         return None
-    if s[:1] in "[{" and s[-1:] in "]}":
+    if s and s[0] in "[{":
         import yaml
 
         try:
@@ -49,7 +49,7 @@ def parse_value(text: str) -> Any:
 def _numbers(value: Any) -> Any:
     """Re-read the strings inside a YAML list/mapping as numbers where they are numbers."""
     if isinstance(value, str):
-        return parse_value(value) if value[:1] not in "[{" else value
+        return parse_value(value) if not (value and value[0] in "[{") else value
     if isinstance(value, list):
         return [_numbers(v) for v in value]
     if isinstance(value, dict):

@@ -12,6 +12,14 @@ does nothing if ``OUT`` is already complete; a partial or complete file made wit
 problem, resolution, parameters, seed, sample count or dtype is refused.
 
 Storage is float32 by default (``dtype="float64"`` keeps the solvers' precision).
+
+Shards (several processes or machines). ``shard=(k, count)`` computes only the ``k``-th of
+``count`` contiguous blocks of sample indices into ``OUT.shard-k-of-count`` (same header, the other
+samples left undone; resumable through its own ``.partial`` like a whole run); :func:`combine_shards`
+checks that the shard files belong to one generation and cover it, then writes ``OUT`` exactly as
+one run would: the file is byte-identical to ``generate_dataset`` without shards. Under
+``accelerate launch`` the ``diffpde generate`` command does both: rank ``k`` writes shard ``k`` and
+the main process combines them once every rank is done.
 """
 
 from __future__ import annotations
@@ -205,6 +213,7 @@ def generate_dataset(
     dtype: str = "float32",
     progress: bool = True,
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Generate ``n`` samples of ``problem`` into the HDF5 file ``out`` and return its path.
 
@@ -214,8 +223,10 @@ def generate_dataset(
                  processes), each with one torch thread; the content does not depend on it.
     dtype:       storage dtype, ``"float32"`` (default) or ``"float64"``.
     overwrite:   replace a complete ``out`` (or a partial file) made with other settings.
+    shard:       ``(k, count)``: compute only block ``k`` of ``count`` of the sample indices into
+                 :func:`shard_path` ``(out, k, count)`` (returned); :func:`combine_shards` joins them.
 
-    The work goes to ``out.partial`` and is resumed from there after an interruption.
+    The work goes to ``<file>.partial`` and is resumed from there after an interruption.
     """
     pde = resolve_problem(problem, resolution, parameters)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -227,12 +238,17 @@ def generate_dataset(
     if dtype not in hdf5.DTYPES:
         raise ValueError(f"{pde.name}: dtype must be one of {', '.join(hdf5.DTYPES)}, got {dtype!r}")
     n, seed, workers = int(n), int(seed), int(workers)
+    wanted = range(n)
+    if shard is not None:
+        k, count = _check_shard(shard, n, pde.name)
+        wanted = shard_indices(n, k, count)
+        out = shard_path(out, k, count)
     out, partial = Path(out), partial_path(out)
 
     if out.exists():
         try:
             info = hdf5.read_info(out, allow_incomplete=True)
-            diffs = _same_settings(info, pde, n, seed, dtype) or ([] if info.complete else ["incomplete"])
+            diffs = _same_settings(info, pde, n, seed, dtype) or ([] if _covers(out, wanted, info) else ["incomplete"])
         except hdf5.FileInUseError:
             raise
         except hdf5.DatasetFileError as e:
@@ -266,15 +282,99 @@ def generate_dataset(
 
     with hdf5.open_for_writing(partial) as f:
         seeds = f["seeds"][()]
-        todo = [(int(i), int(seeds[i])) for i in np.flatnonzero(f["done"][()] == 0)]
-        bar = tqdm(total=n, initial=n - len(todo), desc=f"{pde.name} {pde.resolution}", unit="sample",
+        done = f["done"][()]
+        todo = [(i, int(seeds[i])) for i in wanted if not done[i]]
+        label = f"{pde.name} {pde.resolution}" + (f" shard {shard[0]}/{shard[1]}" if shard is not None else "")
+        bar = tqdm(total=len(wanted), initial=len(wanted) - len(todo), desc=label, unit="sample",
                    disable=not progress, dynamic_ncols=True)
         with bar, contextlib.closing(_compute(pde, todo, min(workers, max(1, len(todo))))) as results:
             for index, values in results:
                 hdf5.write_sample(f, index, check_sample(pde, values, index, int(seeds[index])))
                 bar.update(1)
+        if shard is None:
+            hdf5.finalize(f)
+    os.replace(partial, out)
+    return out
+
+
+# -- shards --------------------------------------------------------------------------------------
+
+
+def _check_shard(shard: Any, n: int, name: str) -> tuple[int, int]:
+    try:
+        k, count = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: shard must be (index, count), got {shard!r}") from None
+    if count < 1 or not 0 <= k < count:
+        raise ValueError(f"{name}: shard index must be in [0, {count - 1}] for {count} shard(s), got {k}")
+    if count > n:
+        raise ValueError(f"{name}: {count} shards for {n} samples leave some shards empty; use at most {n}")
+    return k, count
+
+
+def shard_indices(n: int, k: int, count: int) -> range:
+    """Sample indices of shard ``k`` of ``count``: the ``k``-th of ``count`` contiguous, near-equal blocks."""
+    return range(k * n // count, (k + 1) * n // count)
+
+
+def shard_path(out: str | Path, k: int, count: int) -> Path:
+    """File of shard ``k`` of ``count`` of the dataset ``out``: ``OUT.shard-k-of-count``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.shard-{k}-of-{count}")
+
+
+def _covers(path: Path, indices: range, info: hdf5.DatasetInfo) -> bool:
+    if len(indices) == info.n_samples:
+        return info.complete
+    with hdf5.open_file(path) as f:
+        return bool(f["done"][indices.start:indices.stop].all())
+
+
+def combine_shards(out: str | Path, count: int, *, progress: bool = True, keep: bool = False) -> Path:
+    """Join the ``count`` shard files of ``out`` (written with ``shard=(k, count)``) into ``out``.
+
+    Every shard must exist, be finished and come from the same generation (problem, resolution,
+    parameters, seed, sample count, dtype); the result is byte-identical to one unsharded run.
+    The shard files are deleted afterwards unless ``keep``.
+    """
+    out = Path(out)
+    paths = [shard_path(out, k, count) for k in range(count)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        unfinished = [m for m in missing if partial_path(m).exists()]
+        hint = f" ({len(unfinished)} still being written or interrupted: finish them first)" if unfinished else ""
+        raise FileNotFoundError(f"cannot combine {out}: missing shard file(s) {', '.join(missing)}{hint}")
+    infos = [hdf5.read_info(p, allow_incomplete=True) for p in paths]
+    first = infos[0]
+    pde = resolve_problem(first.config["name"], first.config["resolution"], first.config.get("parameters"))
+    for p, info in zip(paths, infos):
+        diffs = _same_settings(info, pde, first.n_samples, first.seed, first.dtype)
+        if diffs:
+            raise ValueError(f"cannot combine {out}: {p} belongs to another generation ({'; '.join(diffs)})")
+    n = first.n_samples
+    for k, (p, info) in enumerate(zip(paths, infos)):
+        if not _covers(p, shard_indices(n, k, count), info):
+            raise ValueError(f"cannot combine {out}: {p} does not hold all of its samples "
+                             f"{shard_indices(n, k, count).start}..{shard_indices(n, k, count).stop - 1}")
+    partial = partial_path(out)
+    new = partial.with_name(partial.name + ".new")
+    with hdf5.open_file(paths[0]) as f:
+        seeds = f["seeds"][()]
+    hdf5.create_file(new, config=pde.config(), fields=pde.fields, grid=pde.grid, n_samples=n, seeds=seeds,
+                     dtype=first.dtype, seed=first.seed, seed_rule=SEED_RULE, creator="diffpde generate")
+    os.replace(new, partial)
+    with hdf5.open_for_writing(partial) as f, tqdm(total=n, desc=f"combine {out.name}", unit="sample",
+                                                   disable=not progress, dynamic_ncols=True) as bar:
+        for k, p in enumerate(paths):
+            with hdf5.open_file(p) as src:
+                for i in shard_indices(n, k, count):
+                    hdf5.write_sample(f, i, {name: src["fields"][name][i] for name in pde.field_names})
+                    bar.update(1)
         hdf5.finalize(f)
     os.replace(partial, out)
+    if not keep:
+        for p in paths:
+            p.unlink()
     return out
 
 
@@ -282,21 +382,27 @@ def generate_dataset(
 
 
 def parse_parameters(items: list[str], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict; values are JSON when they parse (``2``, ``0.5``, ``[1,2]``,
-    ``true``), else strings; an integer is made a float where the default is a float."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--param expects key=value, got {item!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
+    """``["key=value", ...]`` -> dict with typed values (:func:`diffpde.options.parse_key_values`:
+    ``2``, ``0.5``, ``1e2``, ``[1, 2]``, ``true``, else strings); an integer is made a float where the
+    family's default is a float."""
+    from ..options import parse_key_values
+
+    out = parse_key_values(items, "--param")
+    for key, value in out.items():
         if defaults and isinstance(defaults.get(key), float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        out[key] = value
+            out[key] = float(value)
     return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)``: shard ``K`` (from 0) of ``N``."""
+    k, sep, count = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return int(k), int(count)
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 0/4 for the first of four shards") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -311,16 +417,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="family parameter (repeatable)")
     p.add_argument("--dtype", choices=hdf5.DTYPES, default="float32", help="storage dtype (default float32)")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
+    p.add_argument("--shard", metavar="K/N", help="compute only shard K (from 0) of N into OUT.shard-K-of-N "
+                   "(automatic under accelerate launch: one shard per process, combined by the main process)")
+    p.add_argument("--combine", type=int, metavar="N", help="join the N finished shard files of OUT into OUT")
+    p.add_argument("--keep-shards", action="store_true", help="keep the shard files after combining")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+def _launched_state():
+    """Accelerate's process state when this process was started by ``accelerate launch`` with
+    several processes, else ``None`` (the command then runs alone, with no distributed set-up)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.combine is not None:
+        if args.combine < 1:
+            raise ValueError(f"--combine must be >= 1, got {args.combine}")
+        out = combine_shards(args.out, args.combine, progress=not args.quiet, keep=args.keep_shards)
+        if not args.quiet:
+            print(f"wrote {out}")
+        return 0
     defaults = resolve_problem(args.problem, args.resolution).defaults
     parameters = parse_parameters(args.param, defaults)
-    out = generate_dataset(args.problem, args.n, args.out, resolution=args.resolution, parameters=parameters,
-                           seed=args.seed, workers=args.workers, dtype=args.dtype, progress=not args.quiet,
-                           overwrite=args.overwrite)
-    if not args.quiet:
+    state = _launched_state()
+    shard = parse_shard(args.shard) if args.shard else None
+    if state is not None and shard is None:
+        shard = (state.process_index, state.num_processes)
+    kwargs = dict(resolution=args.resolution, parameters=parameters, seed=args.seed, workers=args.workers,
+                  dtype=args.dtype, overwrite=args.overwrite)
+    out = generate_dataset(args.problem, args.n, args.out, progress=not args.quiet, shard=shard, **kwargs)
+    if state is not None and not args.shard:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            out = combine_shards(args.out, state.num_processes, progress=not args.quiet, keep=args.keep_shards)
+        state.wait_for_everyone()
+    if not args.quiet and (state is None or state.is_main_process):
         print(f"wrote {out}")
     return 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from diffpde.cli import COMMANDS, main
 from diffpde.data import read_fields, read_info
@@ -31,7 +33,7 @@ def test_generate_command_writes_the_dataset(tmp_path):
     (["generate", "nope", "--n", "2", "--resolution", "8"], "unknown PDE problem 'nope'"),
     (["generate", "_toy", "--n", "2", "--resolution", "8", "--param", "viscosity=1"], "_toy: unknown parameter"),
     (["generate", "_toy", "--n", "2", "--resolution", "2"], "_toy: resolution 2 is too small"),
-    (["generate", "_toy", "--n", "2", "--resolution", "8", "--param", "scale"], "--param expects key=value"),
+    (["generate", "_toy", "--n", "2", "--resolution", "8", "--param", "scale"], "--param 'scale': expected KEY=VALUE"),
 ])
 def test_generate_errors_are_one_line_and_named(tmp_path, capsys, argv, message):
     assert main(argv + ["--out", str(tmp_path / "x.h5"), "--quiet"]) == 1
@@ -48,9 +50,9 @@ def test_import_pdebench_command(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
 
-def test_parameters_parse_as_json_with_float_defaults():
-    assert parse_parameters(["a=1", "b=0.5", "c=[1, 2]", "d=dirichlet", "e=true"], {"a": 0.1}) == \
-        {"a": 1.0, "b": 0.5, "c": [1, 2], "d": "dirichlet", "e": True}
+def test_parameters_parse_typed_with_float_defaults():
+    assert parse_parameters(["a=1", "b=0.5", "c=[1, 2]", "d=dirichlet", "e=true", "f=1e2"], {"a": 0.1}) == \
+        {"a": 1.0, "b": 0.5, "c": [1, 2], "d": "dirichlet", "e": True, "f": 100.0}
 
 
 def test_help_lists_every_command_without_importing_them(capsys):
@@ -63,3 +65,32 @@ def test_help_lists_every_command_without_importing_them(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "--help"])
     assert exit_.value.code == 0 and "--workers" in capsys.readouterr().out
+
+
+def test_threads_option_and_wait_policy(capsys, monkeypatch):
+    from diffpde.cli import _command_name, set_threads
+
+    assert _command_name(["--threads", "1", "generate", "darcy"]) == "generate"
+    assert _command_name(["--threads=1", "demo"]) == "demo"
+    threads = torch.get_num_threads()
+    try:
+        set_threads(2)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("DIFFPDE_THREADS", "1")
+        set_threads(None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("DIFFPDE_THREADS", "two")
+        with pytest.raises(ValueError, match="DIFFPDE_THREADS='two': expected a positive integer"):
+            set_threads(None)
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["--threads", "0", "generate", "darcy", "--n", "1", "--resolution", "8", "--out", "x.h5"]) == 1
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    # the command sets the passive OpenMP wait policy before torch is loaded, unless the environment chose one
+    script = "import os, diffpde.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert out.stdout.strip() == "ACTIVE"

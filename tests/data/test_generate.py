@@ -320,3 +320,54 @@ def test_darcy_generation_is_reproducible_and_parallel_safe(tmp_path):
     batch = {k: torch.from_numpy(v.astype(np.float64)) for k, v in read_fields(a).items()}
     assert pde.residual_norm(batch).max() < 1e-4
     assert pde.residual_norm({**batch, "u": 1.01 * batch["u"]}).min() > 1e-3
+
+
+def test_shards_combine_into_the_file_of_one_run(tmp_path):
+    from diffpde.data.generate import combine_shards, shard_indices, shard_path
+
+    one = generate_dataset("_toy", 7, tmp_path / "one.h5", resolution=8, seed=4, progress=False)
+    out = tmp_path / "sharded.h5"
+    blocks = [list(shard_indices(7, k, 3)) for k in range(3)]
+    assert blocks == [[0, 1], [2, 3], [4, 5, 6]]
+    for k in (2, 0, 1):  # in any order, as separate machines would finish
+        path = generate_dataset("_toy", 7, out, resolution=8, seed=4, shard=(k, 3), progress=False)
+        assert path == shard_path(out, k, 3) and path.exists() and not out.exists()
+        assert read_info(path, allow_incomplete=True).n_done == len(blocks[k])
+    # running a finished shard again does nothing
+    assert generate_dataset("_toy", 7, out, resolution=8, seed=4, shard=(1, 3), progress=False) == shard_path(out, 1, 3)
+    combine_shards(out, 3, progress=False)
+    assert out.read_bytes() == one.read_bytes()
+    assert not any(shard_path(out, k, 3).exists() for k in range(3))
+
+
+def test_combining_refuses_missing_or_foreign_shards(tmp_path):
+    from diffpde.data.generate import combine_shards, shard_path
+
+    out = tmp_path / "d.h5"
+    generate_dataset("_toy", 4, out, resolution=8, seed=1, shard=(0, 2), progress=False)
+    with pytest.raises(FileNotFoundError, match=r"missing shard file\(s\) .*d\.h5\.shard-1-of-2"):
+        combine_shards(out, 2, progress=False)
+    # shard 1 made with another seed belongs to another dataset
+    generate_dataset("_toy", 4, tmp_path / "x.h5", resolution=8, seed=2, shard=(1, 2), progress=False)
+    shard_path(tmp_path / "x.h5", 1, 2).rename(shard_path(out, 1, 2))
+    with pytest.raises(ValueError, match="belongs to another generation.*seed 2 vs 1"):
+        combine_shards(out, 2, progress=False)
+    with pytest.raises(ValueError, match=r"shard index must be in \[0, 1\]"):
+        generate_dataset("_toy", 4, out, resolution=8, shard=(2, 2), progress=False)
+    with pytest.raises(ValueError, match="leave some shards empty"):
+        generate_dataset("_toy", 4, out, resolution=8, shard=(0, 5), progress=False)
+    assert not out.exists()
+
+
+def test_generate_under_accelerate_launch_with_two_processes(tmp_path):
+    """Two gloo ranks each write a shard and the main process combines them: the same bytes as one run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffpde.cli",
+           "generate", "darcy", "--n", "5", "--resolution", "16", "--seed", "3", "--quiet", "--out",
+           str(tmp_path / "two.h5")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one = generate_dataset("darcy", 5, tmp_path / "one.h5", resolution=16, seed=3, progress=False)
+    assert (tmp_path / "two.h5").read_bytes() == one.read_bytes()
+    assert not list(tmp_path.glob("two.h5.shard-*"))
