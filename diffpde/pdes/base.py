@@ -10,7 +10,9 @@ and implements
   solution, float64, as the dataset generator calls it (one seed per sample);
 - ``residual(fields) -> torch.Tensor``: a differentiable residual in physical units on batches
   ``{name: [B, *field.shape]}``; the docstring says which equation it is;
-- ``describe(fields) -> str``: a one-line text description of an instance.
+- ``describe(fields) -> str``: a one-line text description of an instance;
+- ``symmetries`` and ``odd_fields``: the exact symmetries of its instances and the fields that
+  change sign under them (the maps are :data:`diffpde.data.augment.SYMMETRIES`).
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ class PDE(abc.ABC):
     #: exact symmetries of the family's solution map (names understood by
     #: :func:`diffpde.data.augment.augment`): an instance mapped by one is again an instance.
     symmetries: tuple[str, ...] = ()
+    #: symmetry name -> the fields that change sign under it (a velocity or a vorticity under a
+    #: reflection, every field of a linear problem under ``negate``); fields not listed keep theirs.
+    odd_fields: Mapping[str, tuple[str, ...]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -131,6 +131,10 @@ class Burgers(PDE):
         "cfl": 0.5,     # internal step h <= cfl dx / max|u|
     }
     min_resolution = 16
+    # Translations, and the reflection x -> -x with u -> -u (u is a velocity): the equation, the
+    # periodic GRF of u0 (stationary, symmetric) and the spectral derivatives keep both.
+    symmetries = ("roll_x", "flip_x")
+    odd_fields = {"flip_x": ("u0", "u")}
 
     def __init__(self, resolution: int, **parameters: Any) -> None:
         super().__init__(resolution, **parameters)

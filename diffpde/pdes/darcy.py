@@ -38,6 +38,9 @@ class Darcy(DirichletProblem2D):
         "alpha": 2.0,   # GRF smoothness
         "tau": 3.0,     # GRF inverse length scale
     }
+    # The cosine-series GRF, its threshold, the constant source, the zero boundary values and the
+    # five-point stencil with harmonic-mean faces are all invariant under the square's reflections.
+    symmetries = ("flip_x", "flip_y", "transpose")
     input_description = "permeability (two-phase)"
     output_description = "pressure"
 

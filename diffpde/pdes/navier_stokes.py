@@ -63,15 +63,24 @@ def fno_forcing(n: int, amplitude: float = 0.1) -> np.ndarray:
 
 
 class _Spectral2D:
-    """Wavenumbers and the vorticity -> velocity map on the ``rfft2`` grid of ``[..., y, x]`` fields."""
+    """Wavenumbers and the vorticity -> velocity map on the ``rfft2`` grid of ``[..., y, x]`` fields.
 
-    def __init__(self, n: int, device: torch.device | str = "cpu"):
+    ``zero_nyquist``: first derivatives of the Nyquist modes (even ``n``) are not real; zero them on
+    both axes alike, so that the residual commutes exactly with the grid's reflections and its
+    transpose. The solver does not need it (its nonlinear term is dealiased) and keeps ``False``,
+    which leaves its step plan, and so the generated data, as they were.
+    """
+
+    def __init__(self, n: int, device: torch.device | str = "cpu", zero_nyquist: bool = False):
         self.n = n
         ky, kx = wavenumbers_2d(n)
-        self.ky, self.kx = ky.to(device), kx.to(device)
-        k2 = self.kx**2 + self.ky**2
-        self.k2 = k2
-        self.inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, 1.0), 0.0)
+        k2 = kx**2 + ky**2
+        if zero_nyquist and n % 2 == 0:
+            ky, kx = ky.clone(), kx.clone()
+            ky[n // 2], kx[:, -1] = 0.0, 0.0
+        self.ky, self.kx = ky.to(device), kx.to(device)  # of first derivatives
+        self.k2 = k2.to(device)
+        self.inv_k2 = torch.where(self.k2 > 0, 1.0 / torch.where(self.k2 > 0, self.k2, 1.0), 0.0)
         self.mask = dealias_mask_2d(n).to(device)
 
     def irfft(self, v: torch.Tensor) -> torch.Tensor:
@@ -180,6 +189,8 @@ class NavierStokes(PDE):
         "checkpoint_every": 8,    # rollout steps per gradient-checkpointed block (0: store all)
     }
     min_resolution = 8
+    #: the vorticity changes sign under every reflection
+    odd_fields = {name: ("w0", "w") for name in ("flip_x", "flip_y", "transpose", "transpose_half")}
 
     def __init__(self, resolution: int, **parameters: Any) -> None:
         super().__init__(resolution, **parameters)
@@ -196,6 +207,21 @@ class NavierStokes(PDE):
             raise ValueError(f"navier_stokes: nt must be an integer >= 3, got {p['nt']!r}")
         if not isinstance(p["checkpoint_every"], (int, np.integer)) or p["checkpoint_every"] < 0:
             raise ValueError(f"navier_stokes: checkpoint_every must be an integer >= 0, got {p['checkpoint_every']!r}")
+
+    @property
+    def symmetries(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The maps that keep the equation, the forcing and the GRF of ``w0`` (see :mod:`diffpde.data.augment`).
+
+        The vorticity is a pseudoscalar: it changes sign under reflections (``odd_fields``).
+        FNO's forcing ``g(x + y)`` with ``g(s + 1/2) = -g(s)`` is kept by the translations
+        ``(s, -s)`` and by the reflection ``(x, y) -> (y + 1/2, x)`` with ``w -> -w`` (even ``n``), not by
+        rolls along x or y alone, flips or the plain transpose (which turn it into ``-g``). Without
+        forcing every translation and reflection of the square torus is a symmetry.
+        """
+        half = ("transpose_half",) if self.resolution % 2 == 0 else ()
+        if self.parameters["forcing"] != 0:
+            return ("roll_antidiagonal",) + half
+        return ("roll_x", "roll_y", "roll_antidiagonal", "flip_x", "flip_y", "transpose") + half
 
     @property
     def trajectory(self) -> bool:
@@ -266,7 +292,7 @@ class NavierStokes(PDE):
 
         ``"trajectory"``: the space-time residual ``w_t + v . grad w - nu Lap w - f`` of ``fields["w"]``
         ``[B, nt, n, n]``, shape ``[B, nt, n, n]``, in vorticity per time. Space derivatives are
-        spectral (period 1, no dealiasing); ``w_t`` is the second-order finite difference on the
+        spectral (period 1, no dealiasing, first derivatives of the Nyquist modes zeroed); ``w_t`` is the second-order finite difference on the
         stored times (one-sided at both ends), which sets the floor on exact data, ``O(dt^2 w_ttt)``.
         On default data at 64 x 64, nt = 33, the GRF's fine scales decay within the first stored
         steps (an initial layer the difference does not resolve): rms residual 3 % of rms ``w_t``
@@ -282,14 +308,16 @@ class NavierStokes(PDE):
         Floor on solver data: the time error between the two Courant numbers, about 1e-5 of
         ``max |w|`` (0 with ``rollout_cfl = cfl``, when the rollout repeats the solver's steps).
 
-        Computed in float64, returned in the dtype of ``w``.
+        Computed in float64, returned in the dtype of ``w``. Both work under ``torch.func.vjp``,
+        ``jvp`` and ``grad``; the trajectory residual also under ``vmap``, the pair's rollout not
+        (its step plan depends on the values of ``w0``).
         """
         p = self.parameters
         if self.trajectory:
             (w_in,) = self.check_batch(fields, ("w",))
             w = w_in.to(torch.float64)
             n = self.resolution
-            sp = _Spectral2D(n, w.device)
+            sp = _Spectral2D(n, w.device, zero_nyquist=True)
             w_hat = torch.fft.rfft2(w)
             f = fields.get("f")
             if f is None:

@@ -34,6 +34,10 @@ class Poisson(DirichletProblem2D):
         "tau": 3.0,        # source GRF inverse length scale
         "grf": "neumann",  # source GRF series: "neumann" (cosine) or "dirichlet" (sine)
     }
+    # The square's reflections (the cosine and sine GRF series and the stencil are invariant), and
+    # the sign of (a, u): the problem is linear and the source a zero-mean Gaussian.
+    symmetries = ("flip_x", "flip_y", "transpose", "negate")
+    odd_fields = {"negate": ("a", "u")}
     input_description = "source"
     output_description = "solution"
 
