@@ -14,6 +14,9 @@ Three ways to act on a sampler, all solver-agnostic:
   UniPC after the predictor, its corrector is then added to the hooked state; ``pc`` after the
   Langevin corrector. The TDS particle sampler takes no hooks (a hook would change the particles
   without changing their weights).
+* **A wrapper and a hook together** (:class:`HeunStepGuidance`, DiffusionPDE's sampler): the wrapper
+  keeps the graphs of a Heun step's denoiser calls, the hook corrects the finished state with a
+  gradient taken through the whole step.
 * **Callbacks** (``callback=`` of every solver) observe and return nothing: after each step they get a
   dict with ``step, sigma, sigma_next, x`` (the hooked state) ``, denoised, nfe``.
 """
@@ -153,6 +156,72 @@ def residual_norm(forward: Callable[[Tensor], Tensor], observations: Tensor) -> 
     """
     residual = _residual(forward, observations)
     return lambda x0: residual(x0).pow(2).sum(1).clamp_min(torch.finfo(x0.dtype).tiny).sqrt()
+
+
+class HeunStepGuidance:
+    """Gradient corrections of the state after each step of the ``heun`` solver, differentiated through the step.
+
+    After step ``i`` from ``x`` (at ``sigmas[i]``) to ``x_next`` (at ``sigmas[i + 1]``)::
+
+        x_next <- x_next - grad_x L_i(D_last)
+
+    where ``D_last`` is the last denoiser output of the step (at the Euler predictor ``x_euler``
+    and ``sigmas[i + 1]``; at ``x`` for the final Euler step to 0) and the gradient flows through
+    the whole step, the Euler predictor included. This is DiffusionPDE's sampler (Huang et al.
+    2024): fixed-weight corrections applied to the state, not to ``x0_hat``.
+
+    Arguments:
+        denoiser: ``D(x, sigma) -> x0_hat`` in the VE frame, differentiable in ``x``.
+        loss:     ``loss(denoised, step, sigma_next) -> [B]`` per-sample loss of the step's last
+                  denoiser output (weights included), or ``None`` for no correction at that step.
+        sigmas:   the grid the solver walks (the step's start ``sigmas[i]`` enters the chain rule).
+
+    Run it as ``samplers.sample(g.denoiser, x, sigmas, solver="heun", hooks=[g.hook])``: ``denoiser``
+    runs the wrapped denoiser with gradients on and keeps the graphs of the step's calls, ``hook``
+    differentiates through them and clears them. The hook checks that it sees Heun's calls (two per
+    step, one on the last) and refuses any other solver. ``vjp_count`` counts the steps corrected
+    (each a backward pass through the step's denoiser calls).
+    """
+
+    def __init__(self, denoiser: Denoiser, loss: Callable[[Tensor, int, float], Tensor | None],
+                 sigmas: Sequence[float] | Tensor) -> None:
+        self.inner = denoiser
+        self.loss = loss
+        self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
+        self.calls: list[tuple[Tensor, Tensor, Tensor]] = []   # (input leaf, output with graph, output returned)
+        self.vjp_count = 0
+
+    def denoiser(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """The wrapped denoiser, recording its graph for the step-end gradient."""
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            out = self.inner(x_in, sigma)
+        returned = out.detach()
+        self.calls.append((x_in, out, returned))
+        return returned
+
+    def hook(self, x: Tensor, sigma_next: float, step: int, denoised: Tensor) -> Tensor:
+        """Step-end hook: ``x - grad_{x_step_start} loss(denoised, step, sigma_next)``."""
+        calls, self.calls = self.calls, []
+        expected = 1 if sigma_next == 0 else 2
+        if len(calls) != expected or calls[-1][2] is not denoised:
+            raise RuntimeError(f"HeunStepGuidance works with the heun solver only: step {step} made {len(calls)} "
+                               f"denoiser call(s) through the wrapper, Heun makes {expected}")
+        sigma = self.sigmas[step]
+        with torch.enable_grad():
+            loss = self.loss(calls[-1][1], step, sigma_next)
+            if loss is None:
+                return x
+            x_cur, denoised_cur = calls[0][0], calls[0][1]
+            if expected == 1:
+                (grad,) = torch.autograd.grad(loss.sum(), x_cur)
+            else:
+                (grad_euler,) = torch.autograd.grad(loss.sum(), calls[1][0])
+                # the Euler predictor as the heun solver computes it, now on the graph of the first call
+                x_euler = x_cur + (sigma_next - sigma) * ((x_cur - denoised_cur) / sigma)
+                (grad,) = torch.autograd.grad(x_euler, x_cur, grad_outputs=grad_euler)
+        self.vjp_count += 1
+        return x - grad.detach()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,14 @@ from ._core import Run, Tensor, append_dims, randn_like, register
 Step = Callable[..., tuple]
 
 
+def check_nonnegative(**values: float) -> None:
+    """Raise a ValueError naming the first of ``values`` (noise amounts: ``eta``, ``s_noise``, ...) that is
+    not a finite number >= 0."""
+    for name, value in values.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
     """Split a step ``sigma -> sigma_next`` into a deterministic part to ``sigma_down`` and noise ``sigma_up``.
 
@@ -29,6 +37,7 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[
     ``q(x_next | x, x0)``: ``sigma_up^2 = sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2``; ``eta = 0``
     gives ``(sigma_next, 0)`` (a deterministic step); ``sigma_up`` is capped at ``sigma_next``.
     """
+    check_nonnegative(eta=eta)
     if eta == 0 or sigma_next == 0:
         return sigma_next, 0.0
     sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
@@ -101,6 +110,7 @@ def euler_ancestral(denoiser, x, sigmas, *, hooks=(), generator=None, callback=N
         eta:      0 gives Euler on the probability-flow ODE, 1 the exact VE posterior noise level.
         s_noise:  multiplier of the injected noise.
     """
+    check_nonnegative(eta=eta, s_noise=s_noise)
     run = Run(denoiser, x, sigmas, hooks=hooks, callback=callback, stats=stats)
     for i, sigma, sigma_next in run.steps():
         x, denoised = ancestral_step(run, x, sigma, sigma_next, generator, eta=eta, s_noise=s_noise)
@@ -122,6 +132,7 @@ def edm(denoiser, x, sigmas, *, hooks=(), generator=None, callback=None, stats=N
     ``S_churn = 0`` is the deterministic Heun sampler (Algorithm 1). The last step (to 0) has no
     Heun correction.
     """
+    check_nonnegative(S_churn=S_churn, S_noise=S_noise)
     run = Run(denoiser, x, sigmas, hooks=hooks, callback=callback, stats=stats)
     gamma_max = min(S_churn / run.num_steps, math.sqrt(2) - 1)
     for i, sigma, sigma_next in run.steps():
@@ -149,6 +160,7 @@ def dpmpp_2m_sde(denoiser, x, sigmas, *, hooks=(), generator=None, callback=None
     """
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    check_nonnegative(eta=eta, s_noise=s_noise)
     run = Run(denoiser, x, sigmas, hooks=hooks, callback=callback, stats=stats)
     old_denoised, h_last = None, None
     for i, sigma, sigma_next in run.steps():

@@ -2,7 +2,7 @@
 
 :class:`GaussianPrior` has the interface the inference tasks use from a trained
 :class:`diffpde.Prior` (``fields``, ``grid_shape``, ``latent_shape``, ``denoiser()``,
-``encode_fields``, ``decode_fields``, ``sigma_min``/``sigma_max``), so every method can be tested
+``encode_fields``, ``decode_fields``, ``sigma_min``/``sigma_max``, ``sigmas()``), so every method can be tested
 against truth: for ``x ~ N(mean, C)`` and ``y = A x + noise`` the posterior is Gaussian with
 
     cov_post = (C^-1 + A^T R^-1 A)^-1,   mean_post = mean + C A^T (A C A^T + R)^-1 (y - A mean),
@@ -71,6 +71,13 @@ class GaussianPrior:
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return (len(self.fields), *self.grid_shape)
+
+    def sigmas(self, steps: int, schedule: str | Sequence[float] | Tensor = "karras", sigma_min: float | None = None,
+               sigma_max: float | None = None, **schedule_options) -> Tensor:
+        """The sigma grid of ``schedule`` between the prior's sigma range: :meth:`diffpde.Prior.sigmas` itself."""
+        from ..models.prior import Prior
+
+        return Prior.sigmas(self, steps, schedule, sigma_min, sigma_max, **schedule_options)
 
     @property
     def device(self) -> torch.device:

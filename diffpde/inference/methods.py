@@ -17,6 +17,7 @@ representation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -24,7 +25,7 @@ import torch
 
 import samplers
 from samplers.covariance import CovarianceGuidance
-from samplers.guidance import DPSGuidance, inpaint
+from samplers.guidance import DPSGuidance, HeunStepGuidance, inpaint
 from samplers.smc import tds as tds_sampler
 
 from .observations import ObservationOperator, require
@@ -46,6 +47,7 @@ class Setting:
     sigmas:     float64 grid ending in 0;  x: initial state ``[N, *latent]`` at ``sigmas[0]``.
     encode, pixel_fields: for identity representations, physical generated fields -> ``z`` and the
                 field of each channel of ``z`` (``None`` otherwise).
+    callback:   passed to the solver: ``callback(info)`` after each step (progress).
     """
 
     denoiser: Callable[[Tensor, Tensor], Tensor]
@@ -63,6 +65,7 @@ class Setting:
     num_samples: int
     encode: Callable[[Mapping[str, Tensor]], Tensor] | None = None
     pixel_fields: tuple[str, ...] | None = None
+    callback: Callable[[dict], object] | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     # -- losses on physical fields ---------------------------------------------------------------
@@ -86,9 +89,28 @@ class Setting:
     def solve(self, denoiser, hooks=()) -> Tensor:
         stats: dict[str, Any] = {}
         z = samplers.sample(denoiser, self.x, self.sigmas, solver=self.solver, generator=self.generator,
-                            hooks=hooks, stats=stats, **self.solver_options)
+                            hooks=hooks, stats=stats, callback=self.callback, **self.solver_options)
         self.diagnostics["nfe"] = stats["nfe"]
         return z
+
+
+def _number(name: str, value: Any, *, low: float = 0.0, inclusive: bool = True) -> float:
+    """``value`` as a finite float ``>= low`` (``> low`` unless ``inclusive``), or a ValueError naming it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (value == low and not inclusive):
+        bound = f"{'>=' if inclusive else '>'} {low:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def _weight(name: str, value: Any, n: int) -> float | Tensor:
+    """A guidance weight: a number ``>= 0``, or a tensor of ``1`` or ``n`` (one per chain) such numbers."""
+    if torch.is_tensor(value):
+        if value.numel() not in (1, n) or not torch.isfinite(value).all() or (value < 0).any():
+            raise ValueError(f"{name} must be a number >= 0 or a tensor of 1 or {n} (one per chain) such numbers, "
+                             f"got a tensor of shape {list(value.shape)}")
+        return value
+    return _number(name, value)
 
 
 def _pde_term(s: Setting, pde_weight: float) -> list:
@@ -105,6 +127,9 @@ def dps(s: Setting, *, scale: float = 1.0, pde_weight: float = 0.0, normalize: b
     Either way DPS is not calibrated; use ``covariance`` for honest uncertainty.
     """
     require(s.operator, "dps", differentiable=True)
+    scale, pde_weight = _number("dps scale", scale), _number("dps pde_weight", pde_weight)
+    if pde_weight and s.pde_residual is None:
+        raise ValueError("dps pde_weight given but the prior has no PDE residual")
     weight = (lambda sigma: scale) if normalize else (lambda sigma: scale * sigma**2)
     guided = DPSGuidance(s.denoiser, [(s.nll, 1.0)] + _pde_term(s, pde_weight), weight=weight, normalize=normalize)
     z = s.solve(guided)
@@ -126,6 +151,8 @@ def covariance(s: Setting, *, cg_iters: int = 4, pde_std: float | None = None, m
     an exact denoiser neither acts (diagnostics ``cg_fallbacks`` and ``clipped`` count them).
     """
     require(s.operator, "covariance", differentiable=True)
+    if pde_std is not None:
+        pde_std = _number("covariance pde_std", pde_std, inclusive=False)
     std = s.noise_std.to(s.x)
 
     def forward(z0: Tensor) -> Tensor:
@@ -191,6 +218,10 @@ def tds(s: Setting, *, twist_scale: float = 1.0, ess_threshold: float = 0.5, inf
     observations. Any twist gives consistent weights as ``K`` grows; a good one needs fewer particles.
     """
     require(s.operator, "tds", differentiable=True)
+    twist_scale = _number("tds twist_scale", twist_scale)
+    if s.solver_options:
+        raise ValueError(f"the tds method runs its own particle sampler: it takes no solver options, "
+                         f"got {sorted(s.solver_options)}")
     b, k = s.num_instances, s.num_samples
 
     def log_likelihood(z0: Tensor) -> Tensor:
@@ -207,57 +238,77 @@ def tds(s: Setting, *, twist_scale: float = 1.0, ess_threshold: float = 0.5, inf
 
     x = s.x.reshape(b, k, *s.x.shape[1:])
     result = tds_sampler(s.denoiser, log_likelihood, x, s.sigmas, ess_threshold=ess_threshold,
-                         twist_scale=twist_scale, twist=twist, generator=s.generator)
+                         twist_scale=twist_scale, twist=twist, generator=s.generator, callback=s.callback)
     particles = result.resample(s.generator)
     s.diagnostics.update(nfe=result.nfe, vjp=result.vjp_count, ess=result.ess, log_evidence=result.log_normalizer)
     return particles.reshape(b * k, *particles.shape[2:])
 
 
-def diffusionpde(s: Setting, *, zeta_obs: float | Mapping[str, float] = 1.0, zeta_pde: float = 0.0,
+def _observation_weights(zeta_obs: Any, ops: tuple[ObservationOperator, ...], n: int) -> list:
+    """DiffusionPDE's observation weight of each operator (keyed by its first field in a mapping)."""
+    if not isinstance(zeta_obs, Mapping):
+        return [_weight("diffusionpde zeta_obs", zeta_obs, n)] * len(ops)
+    keys = list(dict.fromkeys(op.fields[0] for op in ops))
+    unknown = [name for name in zeta_obs if name not in keys]
+    if unknown:
+        raise ValueError(f"diffusionpde zeta_obs names field(s) {unknown} that are not observed; "
+                         f"the observed fields are {keys}")
+    missing = [name for name in keys if name not in zeta_obs]
+    if missing:
+        raise ValueError(f"diffusionpde zeta_obs gives no weight to the observations of {missing}; "
+                         f"name every observed field {keys} (0 to ignore one)")
+    return [_weight(f"diffusionpde zeta_obs[{op.fields[0]!r}]", zeta_obs[op.fields[0]], n) for op in ops]
+
+
+def diffusionpde(s: Setting, *, zeta_obs: float | Mapping[str, float] | Tensor = 1.0, zeta_pde: float | Tensor = 0.0,
                  switch: float = 0.8, obs_factor_late: float = 0.1) -> Tensor:
     """DiffusionPDE's guided Heun sampler (Huang et al. 2024), a faithful baseline.
 
     After each Heun step, ``x_next -= zeta_obs * grad_{x_cur} ||y - A(x0_hat)||`` (unsquared norm
     per observed field) for the first ``switch`` fraction of steps; afterwards the observation term
     is scaled by ``obs_factor_late`` and ``zeta_pde * grad ||residual|| / n_points`` is added. The
-    gradient flows through the denoiser evaluation that finished the step. The residual is ours,
-    scaled by the true grid spacing (DiffusionPDE's lacks the ``1/h^2``). Only the ``heun`` solver.
-    A weight may also be a ``[N]`` tensor, one per chain (to tune the weights in one batch).
+    gradient flows through the step (its Euler predictor and the denoiser evaluation that finished
+    it): the samplers' ``heun`` solver with :class:`~samplers.guidance.HeunStepGuidance`. The
+    residual is ours, scaled by the true grid spacing (DiffusionPDE's lacks the ``1/h^2``). Only
+    the ``heun`` solver.
+
+    ``zeta_obs``: one weight, or ``{field: weight}`` naming every observed field (an operator is
+    keyed by its first field). A weight may also be a ``[N]`` tensor, one per chain (to tune the
+    weights in one batch). Weights are ``>= 0``.
     """
     require(s.operator, "diffusionpde", differentiable=True)
     if s.solver != "heun":
         raise ValueError(f"the diffusionpde method runs DiffusionPDE's Heun sampler; got solver={s.solver!r}")
+    n = s.x.shape[0]
     ops = getattr(s.operator, "operators", (s.operator,))
-    weights = [zeta_obs.get(op.fields[0], 0.0) if isinstance(zeta_obs, Mapping) else zeta_obs for op in ops]
+    weights = _observation_weights(zeta_obs, ops, n)
     weights = [w if torch.is_tensor(w) and w.numel() > 1 else float(w) for w in weights]
+    zeta_pde = _weight("diffusionpde zeta_pde", zeta_pde, n)
+    switch = _number("diffusionpde switch", switch)
+    if switch > 1:
+        raise ValueError(f"diffusionpde switch is the fraction of the steps before the PDE term, in [0, 1]; got {switch}")
+    obs_factor_late = _number("diffusionpde obs_factor_late", obs_factor_late)
+    if (torch.is_tensor(zeta_pde) or zeta_pde) and s.pde_residual is None:
+        raise ValueError("diffusionpde zeta_pde given but the prior has no PDE residual")
     y_parts = torch.split(s.y.to(s.x), [op.num_measurements for op in ops], dim=1)
-    run = samplers.Run(s.denoiser, s.x, s.sigmas)
-    x_next, vjp = s.x, 0
-    for i, sigma, sigma_next in run.steps():
-        with torch.enable_grad():
-            x_cur = x_next.detach().requires_grad_(True)
-            denoised = run.denoise(x_cur, sigma)
-            d_cur = (x_cur - denoised) / sigma
-            x_next = x_cur + (sigma_next - sigma) * d_cur
-            if sigma_next > 0:
-                denoised = run.denoise(x_next, sigma_next)
-                x_next = x_cur + (sigma_next - sigma) * 0.5 * (d_cur + (x_next - denoised) / sigma_next)
-            fields = s.decode(denoised)
-            late = i > switch * run.num_steps
-            loss = 0.0
-            for op, w, y in zip(ops, weights, y_parts):
-                if torch.is_tensor(w) or w:
-                    loss = loss + (obs_factor_late if late else 1.0) * w * (y - op(fields)).norm(dim=1)
-            if late and (torch.is_tensor(zeta_pde) or zeta_pde):
-                r = s.pde_residual(fields)
-                loss = loss + zeta_pde * r.reshape(r.shape[0], -1).norm(dim=1) / r[0].numel()
-            if torch.is_tensor(loss):
-                (grad,) = torch.autograd.grad(loss.sum(), x_cur)
-                vjp += 1
-                x_next = x_next - grad
-        x_next = run.end_step(i, x_next.detach(), denoised.detach())
-    s.diagnostics.update(nfe=run.nfe, vjp=vjp)
-    return x_next
+    num_steps = s.sigmas.numel() - 1
+
+    def loss(denoised: Tensor, step: int, sigma_next: float) -> Tensor | None:
+        fields = s.decode(denoised)
+        late = step > switch * num_steps
+        total = 0.0
+        for op, w, y in zip(ops, weights, y_parts):
+            if torch.is_tensor(w) or w:
+                total = total + (obs_factor_late if late else 1.0) * w * (y - op(fields)).norm(dim=1)
+        if late and (torch.is_tensor(zeta_pde) or zeta_pde):
+            r = s.pde_residual(fields)
+            total = total + zeta_pde * r.reshape(r.shape[0], -1).norm(dim=1) / r[0].numel()
+        return total if torch.is_tensor(total) else None
+
+    guided = HeunStepGuidance(s.denoiser, loss, s.sigmas)
+    z = s.solve(guided.denoiser, hooks=[guided.hook])
+    s.diagnostics["vjp"] = guided.vjp_count
+    return z
 
 
 #: name -> (function, short description)

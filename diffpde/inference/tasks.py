@@ -7,14 +7,18 @@ samples in physical units, their mean and standard deviation, and diagnostics.
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from samplers import schedules
+from samplers import get_solver
 
+from ..options import check_types
 from .methods import Setting, get_method
 from .observations import MaskObservation, Observations, StackedObservation
 
@@ -79,8 +83,25 @@ def _noise_std(observations: Observations, noise_std: float | Tensor | None, flo
     """Per-measurement standard deviation for the likelihood: the operator's, or ``noise_std``,
     floored at ``floor`` times the RMS of the observations (a noise-free likelihood is degenerate)."""
     op = observations.operator
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
+        raise ValueError(f"noise_floor must be a finite number >= 0, got {floor!r}")
     if noise_std is None:
         noise_std = getattr(op, "noise_stds", op.noise_std)
+    else:
+        try:
+            if isinstance(noise_std, (bool, str)):
+                raise TypeError
+            given = torch.as_tensor(noise_std, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"noise_std must be a number or {op.num_measurements} numbers (one per measurement), "
+                            f"got {noise_std!r}") from None
+        if given.numel() not in (1, op.num_measurements):
+            raise ValueError(f"noise_std must be one number or one per measurement ({op.num_measurements}), "
+                             f"got {given.numel()} values")
+        bad = given.flatten()[~(torch.isfinite(given.flatten()) & (given.flatten() >= 0))]
+        if bad.numel():
+            raise ValueError(f"noise_std must be finite and >= 0 (0: the noise floor), got {bad[0].item()!r}")
+        noise_std = given.flatten()
     std = torch.as_tensor(noise_std, dtype=torch.float64) * torch.ones(op.num_measurements, dtype=torch.float64)
     if isinstance(op, StackedObservation):
         parts = torch.split(observations.values.to(torch.float64), [o.num_measurements for o in op.operators], 1)
@@ -98,7 +119,7 @@ def reconstruct(
     solver: str | None = None,
     steps: int = 20,
     n_samples: int = 8,
-    schedule: str = "karras",
+    schedule: str | Sequence[float] | Tensor = "karras",
     cond: Mapping[str, Tensor] | None = None,
     params: Mapping[str, Any] | Tensor | None = None,
     noise_std: float | Tensor | None = None,
@@ -108,6 +129,7 @@ def reconstruct(
     method_options: Mapping[str, Any] | None = None,
     solver_options: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
+    progress: bool = False,
 ) -> Posterior:
     """Sample ``p(fields | observations)`` for every observed instance.
 
@@ -117,15 +139,20 @@ def reconstruct(
         observations: operator and values ``y [B, m]`` in physical units.
         method:       ``covariance`` (default), ``dps``, ``projection``, ``tds`` or ``diffusionpde``.
         solver, steps, schedule: the ``samplers`` solver (default :func:`default_solver`: ``dpmpp_2m_sde``
-                      for ``covariance``, ``heun`` for ``diffusionpde``, else ``dpmpp_2m``) and sigma
-                      grid between the prior's range.
+                      for ``covariance``, ``heun`` for ``diffusionpde``, else ``dpmpp_2m``) and the sigma
+                      grid ``prior.sigmas(steps, schedule)``: a schedule name (``karras``, ``vp``, ...)
+                      between the prior's range, or an explicit grid ending in 0 (then ``steps`` is
+                      its length minus one).
         n_samples:    ``K`` posterior samples (particles for ``tds``) per instance.
         cond, params: conditioning fields / scalar parameters of a conditional prior (physical
                       units, batch ``B`` or 1).
         noise_std:    likelihood noise (default: the operator's), floored at ``noise_floor`` times
                       the RMS of the observations.
         generator / seed: initial noise, solver noise and resampling are drawn from it.
-        method_options, solver_options: passed to the method / the solver.
+        method_options, solver_options: passed to the method / the solver, checked first against
+                      their keyword arguments (an unknown key or a value of the wrong type is a
+                      ``ValueError`` naming it).
+        progress:     show a progress bar with one tick per solver step.
     """
     op = observations.operator
     b, k = observations.batch_size, int(n_samples)
@@ -141,6 +168,11 @@ def reconstruct(
     method_fn = get_method(method)
     if solver is None:
         solver = default_solver(method)
+    method_options = check_types(dict(method_options or {}), _typed_defaults(method_fn), f"{method} method option")
+    solver_options = _solver_options(solver, solver_options)
+    noise_std = _noise_std(observations, noise_std, noise_floor)
+    sigmas = prior.sigmas(steps, schedule)
+    steps = sigmas.numel() - 1
 
     denoise = prior.denoiser(cond, params)
     cond_fields = {}
@@ -156,25 +188,32 @@ def reconstruct(
         fields.update({n: v.to(z) for n, v in cond_fields.items()})
         return fields
 
-    sigmas = schedules.get_schedule(schedule, steps, sigma_min=prior.sigma_min, sigma_max=prior.sigma_max)
     noise = torch.randn((b * k, *prior.latent_shape), generator=generator, dtype=torch.float64).to(device, dtype)
     setting = Setting(
         denoiser=denoiser, decode=decode, operator=op,
         y=_repeat(observations.values.to(device, dtype), k),
-        noise_std=_noise_std(observations, noise_std, noise_floor).to(device, dtype),
+        noise_std=noise_std.to(device, dtype),
         pde_residual=_pde_residual(prior), sigmas=sigmas, x=noise * float(sigmas[0]),
-        solver=solver, solver_options=dict(solver_options or {}), generator=generator,
+        solver=solver, solver_options=solver_options, generator=generator,
         num_instances=b, num_samples=k,
         encode=prior.encode_fields if _is_identity(prior) else None,
         pixel_fields=tuple(prior.fields) if _is_identity(prior) else None,
     )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"{method} ({solver}, {b} x {k} samples)", unit="step")
+        setting.callback = lambda info: bar.update(1)
     was_training = prior.training
     prior.eval()
     start = time.perf_counter()
     try:
-        z = method_fn(setting, **dict(method_options or {}))
+        z = method_fn(setting, **method_options)
     finally:
         prior.train(was_training)
+        if bar is not None:
+            bar.close()
     wall = time.perf_counter() - start
     with torch.no_grad():
         fields = decode(z)
@@ -189,6 +228,40 @@ def reconstruct(
             r = setting.pde_residual({n: v.to(torch.float64) for n, v in fields.items()})
             posterior.diagnostics["pde_residual"] = r.reshape(b, k, -1).pow(2).mean(-1).sqrt().mean(1)
     return posterior
+
+
+_SET_BY_RECONSTRUCT = ("hooks", "generator", "callback", "stats")
+
+
+def _typed_defaults(fn: Callable) -> dict[str, Any]:
+    """The keyword defaults of ``fn`` for :func:`~diffpde.options.check_types`.
+
+    An option whose annotation also admits something other than a number, bool, string or None
+    (a mapping, a tensor) keeps no default type there: ``fn`` checks it itself.
+    """
+    fn = inspect.unwrap(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001  (an annotation that does not evaluate: no hints, defaults decide)
+        hints = {}
+    simple = {bool, int, float, str, type(None)}
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is p.empty:
+            continue
+        args = set(typing.get_args(hints.get(name)))
+        out[name] = None if args and not args <= simple else p.default
+    return out
+
+
+def _solver_options(solver: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` checked against the solver's own keyword arguments."""
+    options = dict(options or {})
+    reserved = sorted(set(options) & set(_SET_BY_RECONSTRUCT))
+    if reserved:
+        raise ValueError(f"solver option(s) {reserved} are set by reconstruct, not by solver options")
+    defaults = {k: v for k, v in _typed_defaults(get_solver(solver).fn).items() if k not in _SET_BY_RECONSTRUCT}
+    return check_types(options, defaults, f"{solver} solver option")
 
 
 def _full_mask_operator(name: str, shape, noise_std: float) -> MaskObservation:

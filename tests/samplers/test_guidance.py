@@ -179,3 +179,63 @@ def test_callback_sees_step_sigma_state_and_denoised():
         torch.testing.assert_close(info["denoised"], den(state, torch.full((5,), info["sigma"], dtype=F64)))
         state = info["x"]
     assert torch.equal(infos[-1]["x"], out) and torch.equal(out, infos[-1]["denoised"])
+
+
+def _heun_step_map(den, x, sigma, sigma_next):
+    """The last denoiser output of one Heun step from ``x``: D(x_euler, sigma_next), or D(x, sigma) to 0."""
+    b = x.shape[0]
+    d = den(x, torch.full((b,), sigma, dtype=F64))
+    if sigma_next == 0:
+        return d
+    x_euler = x + (sigma_next - sigma) * (x - d) / sigma
+    return den(x_euler, torch.full((b,), sigma_next, dtype=F64))
+
+
+@pytest.mark.parametrize("active_step", [0, 1])
+def test_heun_step_guidance_corrects_by_the_gradient_through_the_whole_step(active_step):
+    """x_next <- x_next - grad_x L(D_last(x)), differentiated through the Euler predictor (finite differences)."""
+    from samplers.guidance import HeunStepGuidance
+
+    den = mixture()
+    sigmas = torch.tensor([1.2, 0.5, 0.0], dtype=F64)
+    g = torch.Generator().manual_seed(0)
+    x = 1.2 * torch.randn(3, 2, 3, generator=g, dtype=F64)
+    target = torch.randn(2, 3, generator=g, dtype=F64)
+
+    def loss_of(d):
+        return (torch.sin(2 * d) - target).pow(2).flatten(1).sum(1)
+
+    seen = []
+    guided = HeunStepGuidance(den, lambda d, step, sigma_next: (seen.append((step, sigma_next)),
+                                                                loss_of(d) if step == active_step else None)[1],
+                              sigmas)
+    states = {}
+    out = SOLVERS["heun"](guided.denoiser, x, sigmas, hooks=[guided.hook],
+                          callback=lambda info: states.setdefault("guided", []).append(info["x"]))
+    plain = []
+    SOLVERS["heun"](den, x, sigmas, callback=lambda info: plain.append(info["x"]))
+    assert seen == [(0, 0.5), (1, 0.0)] and guided.vjp_count == 1 and guided.calls == []
+    start = x if active_step == 0 else plain[0]
+    correction = plain[active_step] - states["guided"][active_step]
+    sigma, sigma_next = sigmas[active_step].item(), sigmas[active_step + 1].item()
+    h = 1e-6
+    for b, i, j in [(0, 0, 0), (1, 1, 2), (2, 0, 1)]:
+        e = torch.zeros_like(start)
+        e[b, i, j] = h
+        fd = (loss_of(_heun_step_map(den, start + e, sigma, sigma_next))
+              - loss_of(_heun_step_map(den, start - e, sigma, sigma_next)))[b] / (2 * h)
+        assert correction[b, i, j].item() == pytest.approx(fd.item(), rel=1e-6, abs=1e-9)
+    # only the corrected step differs from plain Heun
+    if active_step == 1:
+        assert torch.equal(states["guided"][0], plain[0])
+    assert torch.equal(out, states["guided"][-1])
+
+
+def test_heun_step_guidance_refuses_other_solvers():
+    from samplers.guidance import HeunStepGuidance
+
+    den = mixture()
+    sigmas = karras(4, 0.05, 5.0)
+    guided = HeunStepGuidance(den, lambda d, step, sigma_next: d.flatten(1).sum(1), sigmas)
+    with pytest.raises(RuntimeError, match="heun solver only: step 0 made 1 denoiser call"):
+        SOLVERS["euler"](guided.denoiser, torch.randn(2, 2, 3, dtype=F64), sigmas, hooks=[guided.hook])

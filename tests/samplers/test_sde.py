@@ -209,3 +209,14 @@ def test_bad_options_are_named():
 
 def test_registered_in_the_package():
     assert {"euler_ancestral", "edm", "dpmpp_2m_sde", "euler_maruyama", "pc"} <= set(samplers.SOLVERS)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("dpmpp_2m_sde", {"eta": -1.0}), ("euler_ancestral", {"eta": -0.5}), ("euler_ancestral", {"s_noise": -1.0}),
+    ("dpmpp_2m_sde", {"s_noise": float("nan")}), ("edm", {"S_churn": -1.0}),
+])
+def test_negative_noise_amounts_are_named(name, options):
+    """A negative eta used to fail deep inside as "math domain error" (or silently run deterministic)."""
+    key, value = next(iter(options.items()))
+    with pytest.raises(ValueError, match=f"{key} must be a finite number >= 0, got {value}"):
+        SOLVERS[name](lambda x, s: 0 * x, torch.randn(2, 3), samplers.schedules.karras(4, 0.1, 10.0), **options)
