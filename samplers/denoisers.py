@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from .schedules import flow_frame, vp_sigma, vp_time
+
 Tensor = torch.Tensor
 Network = Callable[[Tensor, Tensor], Tensor]
 
@@ -41,23 +43,18 @@ def _bcast(values: Tensor, x: Tensor) -> Tensor:
 class LinearVPTimestep:
     """Song et al. VP-SDE with linear ``beta(t) = beta_min + t (beta_max - beta_min)``, ``t`` in (0, 1].
 
-    ``sigma(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1`` inverted in closed form; the network receives
-    ``scale * t`` (``scale=999`` for DDPM-style networks trained on integer steps ``0..999``).
+    ``sigma(t)`` is :func:`~samplers.schedules.vp_sigma`, inverted by :func:`~samplers.schedules.vp_time`;
+    the network receives ``scale * t`` (``scale=999`` for DDPM-style networks trained on integer steps ``0..999``).
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, scale: float = 1.0) -> None:
         self.beta_min, self.beta_d, self.scale = beta_min, beta_max - beta_min, scale
 
     def sigma(self, t: Tensor) -> Tensor:
-        t = t.to(torch.float64) / self.scale
-        return torch.sqrt(torch.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t))
+        return vp_sigma(t.to(torch.float64) / self.scale, self.beta_d, self.beta_min)
 
     def __call__(self, sigma: Tensor) -> Tensor:
-        log_snr_gap = torch.log1p(sigma.to(torch.float64) ** 2)  # = beta_d t^2 / 2 + beta_min t
-        if self.beta_d == 0:
-            return self.scale * log_snr_gap / self.beta_min
-        t = (torch.sqrt(self.beta_min**2 + 2 * self.beta_d * log_snr_gap) - self.beta_min) / self.beta_d
-        return self.scale * t
+        return self.scale * vp_time(sigma.to(torch.float64), self.beta_d, self.beta_min)
 
 
 class CosineVPTimestep:
@@ -170,17 +167,17 @@ class VPDenoiser:
 class FlowDenoiser:
     """``D(x, sigma)`` in the VE frame from a flow-matching velocity network ``net(x_t, t)``.
 
-    Frame: ``x_t = (1 - t) x0 + t eps`` with ``v = eps - x0``; ``t = sigma / (1 + sigma)``,
-    ``x_t = x / (1 + sigma)``, ``x0_hat = x_t - t v``. The network receives ``scale * t`` (e.g. 1000).
+    Frame (:func:`~samplers.schedules.flow_frame`): ``x_t = (1 - t) x0 + t eps`` with ``v = eps - x0``;
+    ``t = sigma / (1 + sigma)``, ``x_t = x / (1 + sigma)``, ``x0_hat = x_t - t v``. The network receives
+    ``scale * t`` (e.g. 1000).
     """
 
     def __init__(self, net: Network, scale: float = 1.0) -> None:
         self.net, self.scale = net, scale
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        s = _bcast(sigma, x)
-        t = s / (1 + s)
-        x_t = x.to(torch.float64) / (1 + s)
+        a, t = flow_frame(_bcast(sigma, x))
+        x_t = a * x.to(torch.float64)
         v = self.net(x_t.to(x.dtype), (self.scale * t.flatten()).to(x.dtype)).to(torch.float64)
         return (x_t - t * v).to(x.dtype)
 

@@ -1,7 +1,14 @@
-"""Sigma grids for the VE frame ``x = x0 + sigma * eps``.
+"""Sigma grids for the VE frame ``x = x0 + sigma * eps``, and the noise processes' times as sigmas.
 
-Every function returns a float64 CPU tensor of length ``steps + 1``: ``steps`` strictly decreasing
-positive noise levels from the largest to the smallest, then a final 0.
+Every grid function returns a float64 CPU tensor of length ``steps + 1``: ``steps`` strictly
+decreasing positive noise levels from the largest to the smallest, then a final 0.
+
+The maps between the VE noise level ``sigma`` and the time of the other noise processes are written
+here once and used by the adapters (:mod:`samplers.denoisers`), the preconditioners and the losses:
+
+* VP-SDE with linear ``beta(t) = beta_min + beta_d t`` (Song et al.): :func:`vp_sigma`, :func:`vp_time`;
+* flow matching / rectified flow ``x_t = (1 - t) x0 + t eps``: :func:`flow_frame` (``t = sigma / (1 + sigma)``,
+  ``x_t = x / (1 + sigma)`` for the VE state ``x = x0 + sigma eps``) and its inverse :func:`flow_sigma`.
 """
 
 from __future__ import annotations
@@ -14,6 +21,41 @@ import torch
 from ._core import check_sigmas
 
 Tensor = torch.Tensor
+
+
+def vp_sigma(t: Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> Tensor:
+    """VP-SDE noise level ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)`` (float64 for a float ``t``)."""
+    t = t if isinstance(t, Tensor) else torch.tensor(t, dtype=torch.float64)
+    return torch.sqrt(torch.expm1(0.5 * beta_d * t**2 + beta_min * t))
+
+
+def vp_time(sigma: Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> Tensor:
+    """Inverse of :func:`vp_sigma`: ``t = (sqrt(beta_min^2 + 2 beta_d ln(1 + sigma^2)) - beta_min) / beta_d``.
+
+    ``beta_d = 0`` (constant beta) gives ``t = ln(1 + sigma^2) / beta_min``.
+    """
+    sigma = sigma if isinstance(sigma, Tensor) else torch.tensor(sigma, dtype=torch.float64)
+    gap = torch.log1p(sigma**2)  # = beta_d t^2 / 2 + beta_min t
+    if beta_d == 0:
+        return gap / beta_min
+    return (torch.sqrt(beta_min**2 + 2 * beta_d * gap) - beta_min) / beta_d
+
+
+def flow_frame(sigma: Tensor | float) -> tuple[Tensor, Tensor]:
+    """The flow-matching frame of the VE noise level ``sigma``: ``(scale, t)``.
+
+    ``scale = 1 / (1 + sigma)`` turns the VE state into the flow state, ``x_t = scale * x``, and
+    ``t = sigma / (1 + sigma)`` is the flow time (so ``scale = 1 - t``, computed without cancellation).
+    """
+    sigma = sigma if isinstance(sigma, Tensor) else torch.tensor(sigma, dtype=torch.float64)
+    scale = 1 / (1 + sigma)
+    return scale, sigma * scale
+
+
+def flow_sigma(t: Tensor | float) -> Tensor:
+    """Inverse of the flow time of :func:`flow_frame`: ``sigma = t / (1 - t)``."""
+    t = t if isinstance(t, Tensor) else torch.tensor(t, dtype=torch.float64)
+    return t / (1 - t)
 
 
 def _check_range(steps: int, sigma_min: float, sigma_max: float) -> None:
@@ -53,16 +95,14 @@ def polyexponential(steps: int, sigma_min: float, sigma_max: float, rho: float =
 
 
 def vp(steps: int, beta_min: float = 0.1, beta_max: float = 20.0, eps_s: float = 1e-3) -> Tensor:
-    """Song et al. VP-SDE sigmas on a time grid uniform from t=1 to t=eps_s, then 0.
-
-    ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)`` with ``beta_d = beta_max - beta_min``.
-    """
+    """Song et al. VP-SDE sigmas (:func:`vp_sigma`, ``beta_d = beta_max - beta_min``) on a time grid
+    uniform from t=1 to t=eps_s, then 0."""
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not 0 < eps_s < 1:
         raise ValueError(f"eps_s must lie in (0, 1), got {eps_s}")
     t = 1.0 + _ramp(steps) * (eps_s - 1.0)
-    return _append_zero(torch.sqrt(torch.expm1(0.5 * (beta_max - beta_min) * t**2 + beta_min * t)))
+    return _append_zero(vp_sigma(t, beta_max - beta_min, beta_min))
 
 
 def custom(sigmas: Sequence[float] | Tensor) -> Tensor:

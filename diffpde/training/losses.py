@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from samplers.schedules import flow_frame, flow_sigma, vp_sigma
+
 Tensor = torch.Tensor
 
 __all__ = ["sigma_data_of", "DenoisingLoss", "EDMLoss", "VPLoss", "VELoss", "FlowMatchingLoss", "LOSSES", "build_loss"]
@@ -123,7 +125,7 @@ class EDMLoss(DenoisingLoss):
 
 
 class VPLoss(DenoisingLoss):
-    """Song et al. VP-SDE: ``t ~ U(epsilon_t, 1)``, ``sigma = sqrt(exp(beta_d t^2/2 + beta_min t) - 1)``, weight ``1/sigma^2``."""
+    """Song et al. VP-SDE: ``t ~ U(epsilon_t, 1)``, ``sigma = vp_sigma(t)`` (:func:`samplers.schedules.vp_sigma`), weight ``1/sigma^2``."""
 
     kind = "vp"
 
@@ -132,7 +134,7 @@ class VPLoss(DenoisingLoss):
 
     def sample_sigma(self, batch, like, generator):
         t = 1 + _draw("rand", (batch,), like, generator).double() * (self.epsilon_t - 1)
-        return torch.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t).sqrt().float()
+        return vp_sigma(t, self.beta_d, self.beta_min).float()
 
     def weight(self, sigma, precond):
         return 1.0 / sigma**2
@@ -159,8 +161,8 @@ class FlowMatchingLoss(DenoisingLoss):
 
     ``t`` is uniform on ``(t_eps, 1 - t_eps)`` (``t_dist="uniform"``) or logit-normal with
     ``logit_mean``, ``logit_std`` (``t_dist="logit_normal"``, as in Stable Diffusion 3), then
-    clamped to that interval. In the VE frame ``sigma = t / (1 - t)`` and
-    ``||v_hat - v||^2 = ||x0_hat - x0||^2 / t^2``, the weight used here.
+    clamped to that interval. In the VE frame ``sigma = t / (1 - t)`` (:func:`samplers.schedules.flow_sigma`)
+    and ``||v_hat - v||^2 = ||x0_hat - x0||^2 / t^2``, the weight used here.
     """
 
     kind = "flow"
@@ -181,12 +183,10 @@ class FlowMatchingLoss(DenoisingLoss):
         return t.clamp(self.t_eps, 1 - self.t_eps)
 
     def sample_sigma(self, batch, like, generator):
-        t = self.sample_t(batch, like, generator).double()
-        return (t / (1 - t)).float()
+        return flow_sigma(self.sample_t(batch, like, generator).double()).float()
 
     def weight(self, sigma, precond):
-        s = sigma.double()
-        return ((1 + s) / s).pow(2).float()
+        return flow_frame(sigma.double())[1].pow(-2).float()
 
 
 LOSSES: dict[str, type[DenoisingLoss]] = {c.kind: c for c in (EDMLoss, VPLoss, VELoss, FlowMatchingLoss)}

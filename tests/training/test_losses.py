@@ -227,3 +227,19 @@ def test_flow_and_vp_losses_are_the_velocity_and_eps_losses():
             x_in = (x0.double() + s * eps) / (s**2 + 1).sqrt()
             target, pred = eps, net(x_in.float(), (999 * t_of_s).flatten().float()).double()
         torch.testing.assert_close(got.double(), (pred - target).pow(2).flatten(1).mean(1), rtol=2e-3, atol=1e-4)
+
+
+def test_vp_and_flow_losses_draw_sigma_from_their_time():
+    """VP: t ~ U(epsilon_t, 1), sigma = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1); flow: t ~ U(t_eps, 1 - t_eps),
+    sigma = t / (1 - t), weight 1 / t^2."""
+    like = torch.zeros(1)
+    u = torch.rand(500, generator=torch.Generator().manual_seed(3), dtype=torch.float32).double()
+    vp = VPLoss(beta_d=10.0, beta_min=0.5, epsilon_t=1e-3).sample_sigma(500, like, torch.Generator().manual_seed(3))
+    t = 1 + u * (1e-3 - 1)
+    torch.testing.assert_close(vp.double(), torch.sqrt(torch.exp(5.0 * t**2 + 0.5 * t) - 1), rtol=1e-6, atol=0)
+    flow = FlowMatchingLoss(t_eps=0.01)
+    sigma = flow.sample_sigma(500, like, torch.Generator().manual_seed(3))
+    t = 0.01 + 0.98 * u
+    torch.testing.assert_close(sigma.double(), t / (1 - t), rtol=1e-5, atol=0)
+    torch.testing.assert_close(flow.weight(sigma, None).double(), ((1 + sigma.double()) / sigma.double()) ** 2,
+                               rtol=1e-6, atol=0)
