@@ -1,15 +1,19 @@
-"""Inference: observation operators, posterior sampling methods, tasks and metrics."""
+"""Inference: observation operators, posterior sampling methods, tasks, evaluation over datasets and metrics."""
 
+from .evaluation import EvaluationResult, evaluate_dataset
 from .gaussian import GaussianPrior
 from .methods import METHODS, get_method
 from .observations import (
     CallableObservation, LinearObservation, MaskObservation, ObservationOperator, Observations, SensorColumns,
     SparsePoints, StackedObservation,
 )
+from .posterior_io import read_posterior, write_posterior
+from .sampling import Sampling, sample_batches
 from .tasks import Posterior, forward, inverse, reconstruct
 
 __all__ = [
-    "CallableObservation", "GaussianPrior", "LinearObservation", "METHODS", "MaskObservation", "ObservationOperator",
-    "Observations", "Posterior", "SensorColumns", "SparsePoints", "StackedObservation", "forward", "get_method",
-    "inverse", "reconstruct",
+    "CallableObservation", "EvaluationResult", "GaussianPrior", "LinearObservation", "METHODS", "MaskObservation",
+    "ObservationOperator", "Observations", "Posterior", "Sampling", "SensorColumns", "SparsePoints",
+    "StackedObservation", "evaluate_dataset", "forward", "get_method", "inverse", "read_posterior", "reconstruct",
+    "sample_batches", "write_posterior",
 ]

@@ -88,7 +88,8 @@ def evaluate(samples: Mapping[str, Tensor], truth: Mapping[str, Tensor], *,
              binary: Mapping[str, tuple[float, float]] | None = None, mask: Mapping[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
     """All metrics per field: ``{field: {metric: [B]}}``.
 
-    binary: fields with two phases ``(low, high)`` also get ``error_rate``.
+    binary: fields with two phases ``(low, high)`` also get ``error_rate`` (a PDE family declares
+            them: ``PDE.two_phase_fields()``).
     mask:   optional boolean ``[*grid]`` per field of cells to leave out (e.g. the observed ones).
     """
     out: dict[str, dict[str, Tensor]] = {}

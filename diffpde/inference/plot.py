@@ -1,11 +1,14 @@
 """A figure of one reconstruction: truth, observations, posterior mean, posterior std and error.
 
-One row per generated field. 2D fields are images (``origin="lower"``, the grid's physical
-extent when a PDE family is given); for 3D fields (trajectories ``[t, y, x]``) the last entry of the
-first axis is shown; 1D fields get one panel with the truth, the observations and the mean with a
-two-std band. Truth, observations and mean share one colour scale; std and ``|error|`` share
-another, so an honest ensemble shows two similar-looking panels. Drawn on a bare matplotlib
-``Figure`` with the Agg canvas (no pyplot, no change to the user's backend).
+One row per generated field. 2D fields are images (``origin="lower"``, axes named after the field's
+dims with the grid's physical extent when a PDE family is given); for 3D fields (trajectories
+``[t, y, x]``) the last entry of the first axis is shown; 1D fields get one panel with the truth,
+the observations and the mean with a two-std band. Truth, observations and mean share one colour
+scale; the posterior std and ``|error|`` each have their own (an error far below the field's scale
+stays visible). Fields the PDE family declares two-phase (``PDE.two_phase_fields``) get the
+error rate in the mean's title and the phase boundary (the midpoint contour) drawn on the truth
+and the mean. Drawn on a bare matplotlib ``Figure`` with the Agg canvas (no pyplot, no change to
+the user's backend).
 """
 
 from __future__ import annotations
@@ -69,24 +72,34 @@ def _rel_l2(estimate: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(estimate - truth) / max(np.linalg.norm(truth), 1e-30))
 
 
-def plot_reconstruction(truth: Mapping[str, Any] | None, posterior: Any, observations: Observations | None,
-                        path: str | os.PathLike, instance: int = 0, *, problem: Any = None,
-                        title: str | None = None, dpi: int = 110) -> str:
-    """Write a PNG of instance ``instance`` of a reconstruction and return its path.
+def _problem(problem: Any) -> Any:
+    """A PDE family instance from a PDE, a prior (its ``problem``) or ``None``."""
+    if problem is None or (hasattr(problem, "field") and hasattr(problem, "grid")):
+        return problem
+    try:
+        return problem.problem
+    except (AttributeError, ValueError):
+        return None
+
+
+def reconstruction_figure(truth: Mapping[str, Any] | None, posterior: Any, observations: Observations | None,
+                          instance: int = 0, *, problem: Any = None, title: str | None = None):
+    """The figure of instance ``instance`` of a reconstruction (a matplotlib ``Figure``, Agg canvas).
 
     Arguments:
         truth:        ``{field: [B, *grid]}`` in physical units, or ``None`` (no truth and error columns).
         posterior:    a :class:`~.tasks.Posterior` (or anything with ``.mean``/``.std``/``.num_samples``).
         observations: scattered on the truth (or on a blank grid without truth); ``None`` for none.
-        problem:      the PDE family instance, for axis coordinates, field descriptions and the
-                      two-phase error rate of Darcy's ``a`` (``a_low``/``a_high``).
-    The file is written to a temporary name and renamed.
+        problem:      the PDE family instance or the prior: axis names and coordinates, field
+                      descriptions, two-phase fields. Without it axes are array indices.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
+    problem = _problem(problem)
+    two_phase = problem.two_phase_fields() if problem is not None else {}
     mean = {k: _numpy(v[instance]) for k, v in posterior.mean.items()}
     std = {k: _numpy(v[instance]) for k, v in posterior.std.items()}
     if truth is not None:
@@ -98,7 +111,6 @@ def plot_reconstruction(truth: Mapping[str, Any] | None, posterior: Any, observa
     fig = Figure(figsize=(3.6 * ncol, 3.0 * len(names)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(names), ncol, squeeze=False)
-    params = getattr(problem, "parameters", {}) or {}
     for row, name in zip(axes, names):
         m, s = mean[name], std[name]
         t = truth.get(name) if truth else None
@@ -126,12 +138,14 @@ def plot_reconstruction(truth: Mapping[str, Any] | None, posterior: Any, observa
         lo = min(float(np.min(f)) for f in scale_fields)
         hi = max(float(np.max(f)) for f in scale_fields)
         err = np.abs(m - t) if t is not None else None
-        ehi = max(float(s.max()), float(err.max()) if err is not None else 0.0, 1e-30)
+        mid = 0.5 * sum(two_phase[name]) if name in two_phase else None
         panels = dict(zip(columns, row))
 
-        def show(ax, image, cmap, vmin, vmax, text):
+        def show(ax, image, cmap, vmin, vmax, text, boundary=False):
             im = ax.imshow(image, origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                            interpolation="nearest")
+            if boundary and mid is not None and image.min() < mid < image.max():
+                ax.contour(coords[1], coords[0], image, levels=[mid], colors="w", linewidths=0.8)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
             ax.set_title(text, fontsize=9)
             ax.set_xlabel(dims[1], fontsize=8)
@@ -139,7 +153,7 @@ def plot_reconstruction(truth: Mapping[str, Any] | None, posterior: Any, observa
             ax.tick_params(labelsize=7)
 
         if t is not None:
-            show(panels["truth"], t, "viridis", lo, hi, f"{label}: truth{note}")
+            show(panels["truth"], t, "viridis", lo, hi, f"{label}: truth{note}", boundary=True)
         ax = panels["observations"]
         if t is not None:  # the truth faintly in gray behind the points
             ax.imshow(t, origin="lower", extent=extent, cmap="gray", vmin=lo, vmax=hi, aspect="auto",
@@ -164,16 +178,28 @@ def plot_reconstruction(truth: Mapping[str, Any] | None, posterior: Any, observa
         text = f"{name}: posterior mean (K={posterior.num_samples})"
         if t is not None:
             text += f"\nrel L2 {_rel_l2(m, t):.3g}"
-            if name == "a" and "a_low" in params and "a_high" in params:
-                mid = 0.5 * (float(params["a_low"]) + float(params["a_high"]))
+            if mid is not None:
                 text += f", error rate {100 * np.mean((m > mid) != (t > mid)):.3g} %"
-        show(panels["posterior mean"], m, "viridis", lo, hi, text)
-        show(panels["posterior std"], s, "magma", 0.0, ehi, f"{name}: posterior std\nmean {s.mean():.3g}")
+        show(panels["posterior mean"], m, "viridis", lo, hi, text, boundary=True)
+        show(panels["posterior std"], s, "magma", 0.0, max(float(s.max()), 1e-30),
+             f"{name}: posterior std\nmean {s.mean():.3g}")
         if err is not None:
-            show(panels["|error|"], err, "magma", 0.0, ehi, f"{name}: |mean - truth|\nRMS {np.sqrt((err ** 2).mean()):.3g}")
+            show(panels["|error|"], err, "magma", 0.0, max(float(err.max()), 1e-30),
+                 f"{name}: |mean - truth|\nRMS {np.sqrt((err ** 2).mean()):.3g}")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_reconstruction(truth: Mapping[str, Any] | None, posterior: Any, observations: Observations | None,
+                        path: str | os.PathLike, instance: int = 0, *, problem: Any = None,
+                        title: str | None = None, dpi: int = 110) -> str:
+    """Write the PNG of :func:`reconstruction_figure` (same arguments) and return its path.
+
+    The file is written to a temporary name and renamed.
+    """
+    fig = reconstruction_figure(truth, posterior, observations, instance, problem=problem, title=title)
     path = os.fspath(path)
     tmp = f"{path}.tmp"
     try:

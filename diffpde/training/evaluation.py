@@ -6,7 +6,9 @@ Reported (all floats, physical units):
   generated fields, next to ``residual_rms_data``, the same on as many data samples;
 - ``<field>/mean``, ``<field>/std`` of the samples next to ``<field>/data_mean``,
   ``<field>/data_std`` of the whole dataset (the statistics stored in the file);
-- for Darcy, ``a/high_fraction`` (cells closer to ``a_high`` than to ``a_low``) against the data;
+- for each field the PDE family declares two-phase (``PDE.two_phase_fields``, e.g. Darcy's ``a``),
+  ``<field>/high_fraction`` (cells closer to the high value than to the low one) next to
+  ``<field>/high_fraction_data``;
 - for 2D fields, ``<field>/spectrum_error``: the mean absolute log10 ratio of the radially averaged
   power spectra of samples and data over the resolved wavenumbers (0 when they match; 0.3 is a
   factor 2 per wavenumber on average).
@@ -59,11 +61,11 @@ def spectrum_error(samples: torch.Tensor, data: torch.Tensor) -> float:
 
 
 def _problem_metrics(problem: Any, fields: Mapping[str, torch.Tensor], suffix: str) -> dict[str, float]:
-    if getattr(problem, "name", None) == "darcy" and "a" in fields:
-        p = problem.parameters
-        a = fields["a"].double()
-        return {f"a/high_fraction{suffix}": float(((a - p["a_high"]).abs() < (a - p["a_low"]).abs()).double().mean())}
-    return {}
+    """``<field>/high_fraction<suffix>``: the fraction of cells nearer the high value than the low one,
+    for the two-phase fields among ``fields``."""
+    return {f"{name}/high_fraction{suffix}": float(((v - high).abs() < (v - low).abs()).double().mean())
+            for name, (low, high) in problem.two_phase_fields().items() if name in fields
+            for v in (fields[name].double(),)}
 
 
 def _residual(problem: Any, fields: Mapping[str, torch.Tensor]) -> float | None:
@@ -105,17 +107,19 @@ def evaluate_prior(prior: Any, dataset: Any, n_samples: int = 4, solver: str = "
             out[f"{name}/data_mean"] = stats[name]["mean"]
             out[f"{name}/data_std"] = stats[name]["std"]
     out.update(_problem_metrics(problem, samples, ""))
-    reference = None
+    names, cache = list(dataset.field_names), []
+
+    def reference(name: str) -> torch.Tensor:
+        """Field ``name`` of (up to) the first 256 data samples, physical units."""
+        if not cache:
+            cache.append(dataset.denormalize(torch.stack([dataset[i] for i in range(min(len(dataset), 256))])))
+        return cache[0][:, names.index(name)]
+
     for name, v in samples.items():
         if v.ndim == 3 and min(v.shape[1:]) >= 8:
-            if reference is None:
-                whole = torch.stack([dataset[i] for i in range(min(len(dataset), 256))])
-                reference = dataset.denormalize(whole)
-            out[f"{name}/spectrum_error"] = spectrum_error(v, reference[:, list(dataset.field_names).index(name)])
-    if "a" in samples and getattr(problem, "name", None) == "darcy":
-        whole = torch.stack([dataset[i] for i in range(min(len(dataset), 256))])
-        a = dataset.denormalize(whole)[:, list(dataset.field_names).index("a")]
-        out.update(_problem_metrics(problem, {"a": a}, "_data"))
+            out[f"{name}/spectrum_error"] = spectrum_error(v, reference(name))
+    two_phase = [name for name in problem.two_phase_fields() if name in samples]
+    out.update(_problem_metrics(problem, {n: reference(n) for n in two_phase}, "_data"))
     if not all(torch.isfinite(v).all() for v in samples.values()):
         out["nonfinite"] = True
     return out

@@ -23,3 +23,13 @@ def tiny_darcy(tmp_path_factory):
         prior.net.unet.conv_out.bias.zero_()
     prior.save_pretrained(root / "prior")
     return root, str(data), str(root / "prior")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate():
+    """The commands create Accelerate's process-wide state; leave none behind for other tests."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

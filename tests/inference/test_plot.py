@@ -1,6 +1,7 @@
 """plot_reconstruction: a valid PNG with the right panels, for 1D, 2D and 3D fields, with and without truth."""
 
 import os
+from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -65,3 +66,46 @@ def test_observed_points_are_the_values_of_that_field():
 def test_1d_and_3d_fields(tmp_path, shape):
     truth, posterior, observations = _case(shape)
     _png(plot_reconstruction(truth, posterior, observations, tmp_path / "f.png"))
+
+
+def _images(ax):
+    return ax.get_images()[0]
+
+
+def test_std_and_error_have_their_own_colour_scales_and_axes_follow_the_dims(tmp_path):
+    """An error of RMS ~1e-3 under a std of ~1e-1 still fills its own colour range."""
+    from diffpde.inference.plot import reconstruction_figure
+
+    problem = pdes.get("darcy", 16)
+    g = torch.Generator().manual_seed(0)
+    truth = {"u": torch.randn(1, 16, 16, generator=g, dtype=torch.float64)}
+    samples = truth["u"].unsqueeze(1) + 1e-3 + 0.1 * torch.randn(1, 6, 16, 16, generator=g, dtype=torch.float64)
+    samples = samples - samples.mean(1, keepdim=True) + truth["u"].unsqueeze(1) + 1e-3   # mean error exactly 1e-3
+    fig = reconstruction_figure(truth, Posterior({"u": samples}, {}), None, problem=problem)
+    truth_ax, _, _, std_ax, err_ax = [ax for ax in fig.axes if ax.get_images()]   # colour bars have none
+    std_lim, err_lim = _images(std_ax).get_clim(), _images(err_ax).get_clim()
+    assert std_lim[1] > 0.1 and err_lim[1] == pytest.approx(1e-3, rel=1e-6)
+    assert (std_ax.get_xlabel(), std_ax.get_ylabel()) == ("x", "y")
+    assert _images(truth_ax).get_extent() == pytest.approx([-1 / 30, 31 / 30, -1 / 30, 31 / 30])   # h = 1/15
+    # the prior works as well as its problem (as Python callers hold it); no problem: array indices
+    fig = reconstruction_figure(truth, Posterior({"u": samples}, {}), None, problem=SimpleNamespace(problem=problem))
+    assert [ax.get_xlabel() for ax in fig.axes if ax.get_images()][0] == "x"
+    fig = reconstruction_figure(truth, Posterior({"u": samples}, {}), None)
+    assert [ax.get_xlabel() for ax in fig.axes if ax.get_images()][0] == "index 1"
+
+
+def test_two_phase_fields_get_error_rate_and_boundary():
+    from diffpde.inference.plot import reconstruction_figure
+
+    problem = pdes.get("darcy", 16)
+    low, high = problem.two_phase_fields()["a"]
+    a = torch.full((1, 16, 16), low, dtype=torch.float64)
+    a[:, :, 8:] = high
+    guess = a.clone()
+    guess[:, :4, 6:8] = high                                       # 8 of 256 cells in the wrong phase
+    fig = reconstruction_figure({"a": a}, Posterior({"a": guess.unsqueeze(1).expand(1, 3, 16, 16)}, {}), None,
+                                problem=problem)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("error rate 3.12 %" in t for t in titles)
+    with_boundary = [ax for ax in fig.axes if ax.collections and ax.get_images()]
+    assert len(with_boundary) == 2                                 # the truth and the mean

@@ -17,6 +17,7 @@ import torch
 from diffpde.cli import main
 from diffpde.data import read_fields
 from diffpde.inference.observations import Observations, SparsePoints
+from diffpde.inference.posterior_io import read_posterior
 
 FAST = ["--steps", "4", "--samples", "3"]
 METRIC_ROWS = ["rel L2 of mean", "rel L2 per sample", "error rate", "CRPS", "spread/skill", "coverage 50%",
@@ -79,8 +80,9 @@ def test_sample_from_observations_file_is_reproducible(setup, capsys):
     outs = []
     for k in range(2):
         out = root / f"from_obs{k}.h5"
-        code, stdout, err = _run(capsys, "sample", "--prior", prior, "--observations", root / "obs.h5", *FAST,
-                                 "--method", "dps", "--seed", "7", "--out", out, "--plot", root / "obs.png")
+        with pytest.warns(UserWarning, match="record no provenance"):   # a hand-made file: nothing to check
+            code, stdout, err = _run(capsys, "sample", "--prior", prior, "--observations", root / "obs.h5", *FAST,
+                                     "--method", "dps", "--seed", "7", "--out", out, "--plot", root / "obs.png")
         assert code == 0, err
         with h5py.File(out) as f:
             assert "truth" not in f and "metrics" not in f
@@ -136,7 +138,18 @@ def test_evaluate_forward_observes_the_inputs(setup, capsys):
     (["sample", "--prior", "{prior}", "--data", "{data}", "--observe", "u:0.03", "--out", "{root}/no/dir/x.h5"],
      "does not exist"),
     (["evaluate", "--prior", "{prior}", "--data", "{data}", "--task", "inverse", "--n-test", "10"],
-     "--n-test must be in [1, 4]"),
+     "n_test must be in [1, 4]"),
+    (["evaluate", "--prior", "{prior}", "--data", "{data}", "--task", "inverse", "--index", "1,7"],
+     "instance index 7 is out of range"),
+    (["evaluate", "--prior", "{prior}", "--data", "{data}", "--task", "inverse", "--batch", "0"], "--batch must be >= 1"),
+    (["evaluate", "--prior", "{prior}", "--data", "{data}", "--task", "inverse", "--method-option", "cg_iters"],
+     "--method-option 'cg_iters': expected KEY=VALUE"),
+    (["sample", "--prior", "{prior}", "--data", "{data}", "--observe", "u:0.03", "--device", "warp-drive"],
+     "--device 'warp-drive' is not a torch device"),
+    (["sample", "--prior", "{prior}", "--data", "{data}", "--observe", "u:0.03", "--device", "cuda:99"],
+     "--device cuda:99: this machine has"),
+    (["sample", "--prior", "{root}/nowhere", "--data", "{data}", "--observe", "u:0.03", "--device", "cuda:99"],
+     "--device cuda:99: this machine has"),             # the device is checked before anything is loaded
 ])
 def test_bad_input_gets_a_clear_error(setup, capsys, argv, message):
     root, data, prior = setup
@@ -186,3 +199,84 @@ def test_both_commands_get_their_parser_whatever_the_order(monkeypatch, capsys, 
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert option in capsys.readouterr().out
+
+
+def test_device_without_cuda_is_one_line(setup, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    root, data, prior = setup
+    code, _, err = _run(capsys, "evaluate", "--prior", prior, "--data", data, "--task", "inverse", "--device", "cuda")
+    assert code == 1 and err.strip().splitlines() == [
+        f"diffpde evaluate: error: --device cuda: this machine has no cuda device (torch {torch.__version__}); "
+        "use --device cpu"]
+
+
+def test_sample_agrees_with_evaluate_on_the_same_instances(setup, capsys):
+    """Seeds belong to instances: ``sample --index 2,3`` reproduces the batch [2, 3] of ``evaluate``
+    (observation noise included), whatever else either command processes."""
+    root, data, prior = setup
+    js, out = root / "agree.json", root / "agree.h5"
+    common = [*FAST, "--seed", "5", "--noise-std", "0.002", "--batch", "2", "--quiet"]
+    code, _, err = _run(capsys, "evaluate", "--prior", prior, "--data", data, "--task", "inverse", "--n-test", 4,
+                        "--observe", "0.05", *common, "--json", js)
+    assert code == 0, err
+    code, _, err = _run(capsys, "sample", "--prior", prior, "--data", data, "--index", "2,3", "--observe", "u:0.05",
+                        *common, "--out", out)
+    assert code == 0, err
+    results = json.loads(js.read_text())
+    saved = read_posterior(out)
+    for name in ("a", "u"):
+        for metric in ("rel_l2", "crps", "coverage90"):
+            assert saved.metrics[name][metric].tolist() == results["metrics"][name][metric]["values"][2:4]
+    assert saved.posterior.diagnostics["misfit"].tolist() == results["diagnostics"]["misfit"]["values"][2:4]
+    assert saved.attrs["indices"] == [2, 3] and saved.posterior.samples["a"].shape == (2, 3, 16, 16)
+    # the measurement noise was drawn: the observations are not the truth's values
+    idx = saved.observations.operator.coordinates()
+    noise = saved.observations.values - saved.truth["u"][:, idx[:, 0], idx[:, 1]]
+    assert 0.001 < float(noise.std()) < 0.004
+
+
+def test_observation_files_carry_their_provenance(setup, capsys, tmp_path):
+    """A file made by ``sample --observe`` knows its problem and instances: used without --index it
+    is scored against those instances, with other instances or another problem it is refused."""
+    root, data, prior = setup
+    post = tmp_path / "made.h5"
+    code, _, err = _run(capsys, "sample", "--prior", prior, "--data", data, "--index", "1,3", "--observe", "u:0.05",
+                        *FAST, "--quiet", "--out", post)
+    assert code == 0, err
+    obs = Observations.load(str(post))
+    assert obs.provenance["indices"] == [1, 3] and obs.provenance["problem"]["name"] == "darcy"
+    assert obs.provenance["problem"]["parameters"]["f"] == 1.0 and obs.provenance["data"] == data
+    again = tmp_path / "again.h5"
+    code, stdout, err = _run(capsys, "sample", "--prior", prior, "--observations", post, "--data", data, *FAST,
+                             "--quiet", "--out", again)
+    assert code == 0, err
+    assert "instance 1: misfit" in stdout and "instance 3: misfit" in stdout
+    truth = read_fields(data, ("a",), [1, 3])["a"]
+    assert np.array_equal(read_posterior(again).truth["a"].numpy(), truth)
+    code, _, err = _run(capsys, "sample", "--prior", prior, "--observations", post, "--data", data, "--index", "0,1",
+                        *FAST)
+    assert code == 1 and "made of instance(s) [1, 3]" in err and "used with instance(s) [0, 1]" in err
+    # the same observations said to come from another problem
+    burgers = Observations(obs.operator, obs.values, {**obs.provenance, "problem": {
+        "name": "burgers", "resolution": 16, "parameters": {"nu": 0.01}}})
+    burgers.save(str(tmp_path / "burgers.h5"))
+    code, _, err = _run(capsys, "sample", "--prior", prior, "--observations", tmp_path / "burgers.h5", *FAST)
+    assert code == 1 and "made on burgers at resolution 16, but the prior's problem is darcy" in err
+    # a file without recorded instances cannot guess its truth
+    Observations(obs.operator, obs.values).save(str(tmp_path / "bare.h5"))
+    with pytest.warns(UserWarning, match="record no provenance"):
+        code, _, err = _run(capsys, "sample", "--prior", prior, "--observations", tmp_path / "bare.h5", "--data", data,
+                            *FAST)
+    assert code == 1 and "records no instances: give --index" in err
+
+
+def test_dataset_with_other_pde_parameters_is_refused(setup, capsys, tmp_path):
+    from diffpde.data import generate_dataset
+
+    root, data, prior = setup
+    other = generate_dataset("darcy", 2, tmp_path / "f5.h5", resolution=16, seed=0, progress=False,
+                            parameters={"f": 5.0})
+    code, _, err = _run(capsys, "evaluate", "--prior", prior, "--data", other, "--task", "inverse", *FAST)
+    assert code == 1
+    assert "was generated with other darcy parameters than the prior's: f = 5.0 (data) vs 1.0 (prior)" in err

@@ -21,3 +21,20 @@ def test_spectrum_error_is_zero_for_the_same_statistics_and_grows_with_smoothing
     assert spectrum_error(a, b) < 0.05          # white noise against white noise
     smooth = (b + b.roll(1, 1) + b.roll(1, 2) + b.roll((1, 1), (1, 2))) / 4
     assert spectrum_error(smooth, b) > 0.3      # the high wavenumbers are damped
+
+
+def test_two_phase_statistics_come_from_the_family_declaration():
+    """No family name in the evaluation: any field a PDE declares two-phase gets its high fraction."""
+    from types import SimpleNamespace
+
+    from diffpde import pdes
+    from diffpde.training.evaluation import _problem_metrics
+
+    k = torch.tensor([[[0.0, 2.0], [2.0, 2.0]]])
+    family = SimpleNamespace(two_phase_fields=lambda: {"k": (0.0, 2.0), "missing": (0.0, 1.0)})
+    assert _problem_metrics(family, {"k": k, "v": k}, "_data") == {"k/high_fraction_data": 0.75}
+    darcy = pdes.get("darcy", 16)
+    low, high = darcy.two_phase_fields()["a"]
+    a = torch.tensor([[[low, high], [low, low]]])
+    assert _problem_metrics(darcy, {"a": a}, "") == {"a/high_fraction": 0.25}
+    assert _problem_metrics(pdes.get("poisson", 16), {"a": a}, "") == {}
