@@ -17,17 +17,24 @@ VEPrecond      1                      s           (net = -eps)     1            
 FlowPrecond    1 / (1 + s)            -s / (1 + s) (net = v)       1 / (1 + s)            1000 t,  t = s/(1+s)
 =============  =====================  ===========================  =====================  =====================
 
-The coefficients are computed in float64 (float32 on devices without float64) and the
-combination in float32; the network itself may run under ``torch.autocast``.
+The VP time ``t(s)`` and the flow frame are :func:`samplers.schedules.vp_time` and
+:func:`samplers.schedules.flow_frame`. The coefficients are computed in float64 (float32 on
+devices without float64) and the combination in float32; the network itself may run under
+``torch.autocast``. Each preconditioner is registered (:mod:`.registry`) under its ``type``, and
+``config()`` / ``from_config(config, net=net)`` round-trip it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
+
+from samplers.schedules import flow_frame, vp_sigma, vp_time
+
+from .registry import Configurable, register, register_to_config
 
 Tensor = torch.Tensor
 
@@ -37,8 +44,6 @@ __all__ = [
     "VPPrecond",
     "VEPrecond",
     "FlowPrecond",
-    "PRECONDITIONERS",
-    "build_precond",
     "measure_sigma_data",
 ]
 
@@ -60,7 +65,7 @@ def _bcast(c: Tensor, ndim: int) -> Tensor:
     return c.to(torch.float32).reshape(-1, *([1] * (ndim - 1)))
 
 
-class Preconditioner(nn.Module):
+class Preconditioner(Configurable, nn.Module):
     """Base class: ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise, cond, params)``.
 
     Arguments:
@@ -76,7 +81,8 @@ class Preconditioner(nn.Module):
     parameters. Returns float32 ``x0_hat`` of the shape of ``x``.
     """
 
-    kind: str = ""
+    config_family = "preconditioner"
+    config_ignore = ("net",)
 
     def __init__(self, net: nn.Module, sigma_min: float, sigma_max: float, sigma_data: float = 1.0) -> None:
         super().__init__()
@@ -107,24 +113,15 @@ class Preconditioner(nn.Module):
             raise ValueError(f"network returned shape {tuple(F_x.shape)} for input of shape {tuple(x.shape)}")
         return _bcast(c_skip, x.ndim) * x + _bcast(c_out, x.ndim) * F_x.to(torch.float32)
 
-    def extra_config(self) -> dict[str, Any]:
-        """Subclass-specific constructor arguments (besides the sigmas)."""
-        return {}
-
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable description; ``build_precond(config, net)`` rebuilds the module."""
-        return {"type": self.kind, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
-                "sigma_data": self.sigma_data, **self.extra_config()}
-
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config().items())
 
 
+@register("preconditioner", "edm")
 class EDMPrecond(Preconditioner):
     """Karras et al. (2022): unit-variance network input and target for data of std ``sigma_data``."""
 
-    kind = "edm"
-
+    @register_to_config
     def __init__(self, net: nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0,
                  sigma_data: float = 0.5) -> None:
         super().__init__(net, sigma_min, sigma_max, sigma_data)
@@ -135,15 +132,15 @@ class EDMPrecond(Preconditioner):
         return sd**2 / norm**2, sigma * sd / norm, 1.0 / norm, sigma.log() / 4
 
 
+@register("preconditioner", "vp")
 class VPPrecond(Preconditioner):
     """Song et al. VP-SDE (DDPM++): the network predicts ``eps`` at time ``t(sigma)``.
 
-    ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)``; ``c_noise = (M - 1) t``.
-    The default sigma range is ``[sigma(epsilon_t), sigma(1)]``.
+    ``sigma(t)`` is :func:`samplers.schedules.vp_sigma`; ``c_noise = (M - 1) t``.
+    The default sigma range is ``[sigma(epsilon_t), sigma(1)]`` (recorded in the config).
     """
 
-    kind = "vp"
-
+    @register_to_config
     def __init__(self, net: nn.Module, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
                  epsilon_t: float = 1e-5, sigma_min: float | None = None, sigma_max: float | None = None,
                  sigma_data: float = 1.0) -> None:
@@ -154,27 +151,25 @@ class VPPrecond(Preconditioner):
             self.sigma_of_t(1.0) if sigma_max is None else sigma_max,
             sigma_data,
         )
+        self.update_config(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
 
     def sigma_of_t(self, t: float) -> float:
-        return math.sqrt(math.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t))
+        return float(vp_sigma(t, self.beta_d, self.beta_min))
 
     def t_of_sigma(self, sigma: Tensor) -> Tensor:
-        """Inverse of ``sigma(t)``: ``(sqrt(beta_min^2 + 2 beta_d ln(1 + s^2)) - beta_min) / beta_d``."""
-        return ((self.beta_min**2 + 2 * self.beta_d * torch.log1p(sigma**2)).sqrt() - self.beta_min) / self.beta_d
+        """Inverse of ``sigma(t)`` (:func:`samplers.schedules.vp_time`)."""
+        return vp_time(sigma, self.beta_d, self.beta_min)
 
     def coefficients(self, sigma):
         one = torch.ones_like(sigma)
         return one, -sigma, 1.0 / (sigma**2 + 1).sqrt(), (self.M - 1) * self.t_of_sigma(sigma)
 
-    def extra_config(self):
-        return {"beta_d": self.beta_d, "beta_min": self.beta_min, "M": self.M, "epsilon_t": self.epsilon_t}
 
-
+@register("preconditioner", "ve")
 class VEPrecond(Preconditioner):
     """Song et al. VE-SDE (NCSN++): ``D = x + sigma F(x, ln(sigma / 2))``, the network predicts ``-eps``."""
 
-    kind = "ve"
-
+    @register_to_config
     def __init__(self, net: nn.Module, sigma_min: float = 0.02, sigma_max: float = 100.0,
                  sigma_data: float = 1.0) -> None:
         super().__init__(net, sigma_min, sigma_max, sigma_data)
@@ -184,45 +179,24 @@ class VEPrecond(Preconditioner):
         return one, sigma, one, (0.5 * sigma).log()
 
 
+@register("preconditioner", "flow")
 class FlowPrecond(Preconditioner):
     """Flow matching / rectified flow: a velocity network as a VE denoiser.
 
     The flow path is ``x_t = (1 - t) x0 + t eps`` with ``t = s / (1 + s)``, i.e. ``x_t = x / (1 + s)``
-    for the VE state ``x = x0 + s eps``. The network predicts ``v = eps - x0`` from
-    ``(x_t, time_scale * t)`` and ``x0_hat = x_t - t v``.
+    for the VE state ``x = x0 + s eps`` (:func:`samplers.schedules.flow_frame`). The network
+    predicts ``v = eps - x0`` from ``(x_t, time_scale * t)`` and ``x0_hat = x_t - t v``.
     """
 
-    kind = "flow"
-
+    @register_to_config
     def __init__(self, net: nn.Module, sigma_min: float = 0.002, sigma_max: float = 200.0,
                  sigma_data: float = 1.0, time_scale: float = 1000.0) -> None:
         super().__init__(net, sigma_min, sigma_max, sigma_data)
         self.time_scale = float(time_scale)
 
     def coefficients(self, sigma):
-        a = 1.0 / (1.0 + sigma)
-        t = sigma * a
+        a, t = flow_frame(sigma)
         return a, -t, a, self.time_scale * t
-
-    def extra_config(self):
-        return {"time_scale": self.time_scale}
-
-
-PRECONDITIONERS: dict[str, type[Preconditioner]] = {
-    cls.kind: cls for cls in (EDMPrecond, VPPrecond, VEPrecond, FlowPrecond)
-}
-
-
-def build_precond(config: dict[str, Any], net: nn.Module) -> Preconditioner:
-    """Build a preconditioner around ``net`` from ``{"type": "edm"|"vp"|"ve"|"flow", **kwargs}``."""
-    config = dict(config)
-    kind = config.pop("type", None)
-    if kind not in PRECONDITIONERS:
-        raise ValueError(f"unknown preconditioner type {kind!r}; known: {', '.join(PRECONDITIONERS)}")
-    try:
-        return PRECONDITIONERS[kind](net, **config)
-    except TypeError as e:
-        raise ValueError(f"bad config for preconditioner {kind!r}: {e}") from None
 
 
 @torch.no_grad()

@@ -16,43 +16,31 @@ Frames: physical fields ``{name: [B, *grid]}`` --normalise--> stacked ``[B, C, *
 go back and forth, differentiably. Conditioning fields are normalised (not encoded) and handed to
 the network as extra channels. Scalar ``params`` are passed to the network as they are.
 
-On disk (:meth:`save_pretrained`): ``model.safetensors`` (all weights) and ``config.json``
-(everything else). :meth:`from_pretrained` reads only these two files and never unpickles.
+Persistence (:meth:`save_pretrained`, :meth:`from_pretrained`: ``model.safetensors`` +
+``config.json``, local or on the Hugging Face Hub, checked on load) lives in :mod:`.persistence`,
+construction from a model config or a dataset (:meth:`from_config`, :meth:`from_dataset`) in
+:mod:`.construct`; the classmethods here delegate to them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data.normalize import Normalizer
-from . import build_network
-from .precond import Preconditioner, build_precond, measure_sigma_data
-from .representation import Representation, build_representation
+from .persistence import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, load_prior, save_prior
+from .precond import Preconditioner
+from .representation import Identity, Representation
 
 Tensor = torch.Tensor
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-FORMAT = "diffpde.prior"
-FORMAT_VERSION = 1
-
 __all__ = ["Prior", "WEIGHTS_NAME", "CONFIG_NAME"]
-
-
-def _get(section: Any, key: str, default: Any = None) -> Any:
-    """``section[key]`` for a mapping, ``section.key`` for a dataclass such as ``ModelConfig``."""
-    if isinstance(section, Mapping):
-        return section.get(key, default)
-    return getattr(section, key, default)
 
 
 class Prior(nn.Module):
@@ -95,25 +83,51 @@ class Prior(nn.Module):
         if both or len(set(self.fields)) < len(self.fields) or len(set(self.cond_fields)) < len(self.cond_fields):
             raise ValueError(f"field names must be unique and not both generated and given: {self.fields}, {self.cond_fields}")
         self.grid_shape = tuple(int(n) for n in grid_shape)
+        if not self.grid_shape or min(self.grid_shape) < 1:
+            raise ValueError(f"grid_shape must hold positive sizes, got {self.grid_shape}")
         self.precond = precond
-        self.representation = representation if representation is not None else build_representation(None)
+        self.representation = representation if representation is not None else Identity()
         if isinstance(normalizer, Mapping):
             normalizer = Normalizer.from_dict(normalizer)
         self.normalizer = normalizer
         if normalizer is not None:
             if normalizer.field_ndim != len(self.grid_shape):
-                raise ValueError(f"normaliser has field_ndim={normalizer.field_ndim} but the grid {self.grid_shape} has {len(self.grid_shape)} axes")
+                raise ValueError(f"the normaliser has field_ndim={normalizer.field_ndim} but grid_shape "
+                                 f"{list(self.grid_shape)} has {len(self.grid_shape)} axes")
             self._field_norm = normalizer.select(self.fields)
             self._cond_norm = normalizer.select(self.cond_fields) if self.cond_fields else None
         else:
             self._field_norm = self._cond_norm = None
+        self._check_network()
         if problem is not None and not isinstance(problem, Mapping):
             problem = problem.config()
+        if problem is not None and not {"name", "resolution"} <= set(problem):
+            raise ValueError(f"problem must name 'name' and 'resolution', got {dict(problem)}")
         self.problem_config: dict[str, Any] | None = (
             json.loads(json.dumps(problem, default=_to_json)) if problem is not None else None)
         self.sigma_min = float(precond.sigma_min if sigma_min is None else sigma_min)
         self.sigma_max = float(precond.sigma_max if sigma_max is None else sigma_max)
+        if not 0 < self.sigma_min < self.sigma_max < math.inf:
+            raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={self.sigma_min}, "
+                             f"sigma_max={self.sigma_max}")
         self._problem = None
+
+    def _check_network(self) -> None:
+        """The network's channels, scalar parameters and grid dimension fit the fields and the grid."""
+        net, latent = self.precond.net, self.latent_shape
+        rep = getattr(self.representation, "config_type", "") or type(self.representation).__name__
+        fields = f"{len(self.fields)} field(s) {list(self.fields)} on the {rep} representation"
+        expect = {
+            "spatial_dims": (len(latent) - 1, f"grid_shape {list(self.grid_shape)} gives {len(latent) - 1}-D latents"),
+            "in_channels": (latent[0], f"{fields} give {latent[0]} latent channel(s)"),
+            "out_channels": (latent[0], f"{fields} give {latent[0]} latent channel(s)"),
+            "cond_channels": (len(self.cond_fields), f"the conditioning fields are {list(self.cond_fields)}"),
+            "num_params": (len(self.param_names), f"the scalar parameters are {list(self.param_names)}"),
+        }
+        for attr, (want, why) in expect.items():
+            have = getattr(net, attr, None)
+            if have is not None and have != want:
+                raise ValueError(f"the network has {attr}={have} but {why}")
 
     # -- description -----------------------------------------------------------------------------
 
@@ -144,7 +158,16 @@ class Prior(nn.Module):
             from .. import pdes
 
             c = self.problem_config
-            self._problem = pdes.get(c["name"], c["resolution"], **c.get("parameters", {}))
+            problem = pdes.get(c["name"], c["resolution"], **c.get("parameters", {}))
+            known = {f.name: tuple(f.shape) for f in problem.fields}
+            for name in (*self.fields, *self.cond_fields):
+                if name not in known:
+                    raise ValueError(f"prior field {name!r} is not a field of the problem {c['name']!r} "
+                                     f"(its fields: {list(known)})")
+                if known[name] != self.grid_shape:
+                    raise ValueError(f"grid_shape {list(self.grid_shape)} differs from the shape "
+                                     f"{list(known[name])} of field {name!r} of {c['name']!r} at resolution {c['resolution']}")
+            self._problem = problem
         return self._problem
 
     @property
@@ -178,87 +201,18 @@ class Prior(nn.Module):
     # -- building --------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(
-        cls,
-        model: Mapping[str, Any] | Any,
-        *,
-        fields: Sequence[str],
-        grid_shape: Sequence[int],
-        cond_fields: Sequence[str] = (),
-        param_names: Sequence[str] = (),
-        normalizer: Normalizer | Mapping[str, Any] | None = None,
-        problem: Any = None,
-        sigma_data: float | None = None,
-        data: Any = None,
-        sigma_min: float | None = None,
-        sigma_max: float | None = None,
-    ) -> "Prior":
-        """A fresh (untrained) prior from a model section ``{"network", "precond", "representation"}``.
+    def from_config(cls, model: Mapping[str, Any] | Any, **kwargs: Any) -> "Prior":
+        """A fresh (untrained) prior from a model section; see :func:`.construct.prior_from_config`."""
+        from .construct import prior_from_config
 
-        ``model`` is a mapping or an object with those attributes (``training.config.ModelConfig``).
-        The network's ``in_channels``/``out_channels`` (latent channels), ``cond_channels`` and
-        ``num_params`` are filled in from the fields; its ``type`` defaults to ``unet1d`` or
-        ``unet2d`` by the grid. ``sigma_data`` of the preconditioner is, in order: the value in
-        ``model["precond"]``, the ``sigma_data`` argument, measured on ``data`` (normalised
-        samples ``[N, C, *grid]`` of the generated fields, encoded by the representation, see
-        :func:`measure_sigma_data`), or the preconditioner's default.
-        """
-        representation = build_representation(_get(model, "representation"))
-        grid_shape = tuple(int(n) for n in grid_shape)
-        latent = representation.latent_shape((len(fields), *grid_shape))
-        net_cfg = dict(_get(model, "network") or {})
-        net_cfg.setdefault("type", "unet1d" if len(latent) == 2 else "unet2d")
-        derived = {"in_channels": latent[0], "out_channels": latent[0], "cond_channels": len(cond_fields),
-                   "num_params": len(param_names)}
-        for k, v in derived.items():
-            if k in net_cfg and net_cfg[k] != v:
-                raise ValueError(f"model.network.{k}={net_cfg[k]} contradicts the data ({v}); leave it out")
-            net_cfg[k] = v
-        pre_cfg = dict(_get(model, "precond") or {"type": "edm"})
-        if "sigma_data" not in pre_cfg:
-            if sigma_data is None and data is not None:
-                if isinstance(data, Tensor):
-                    data = representation.encode(data)
-                sigma_data = measure_sigma_data(data)
-            if sigma_data is not None:
-                pre_cfg["sigma_data"] = float(sigma_data)
-        precond = build_precond(pre_cfg, build_network(net_cfg))
-        return cls(precond, fields, grid_shape, cond_fields=cond_fields, param_names=param_names,
-                   normalizer=normalizer, representation=representation, problem=problem,
-                   sigma_min=sigma_min, sigma_max=sigma_max)
+        return prior_from_config(model, **kwargs)
 
     @classmethod
-    def from_dataset(
-        cls,
-        dataset: Any,
-        model: Mapping[str, Any] | Any,
-        *,
-        fields: Sequence[str] | None = None,
-        cond_fields: Sequence[str] = (),
-        param_names: Sequence[str] = (),
-        max_samples: int = 1024,
-        **kwargs: Any,
-    ) -> "Prior":
-        """A fresh prior for a normalised :class:`~diffpde.data.dataset.FieldDataset`.
+    def from_dataset(cls, dataset: Any, model: Mapping[str, Any] | Any, **kwargs: Any) -> "Prior":
+        """A fresh prior for a normalised dataset; see :func:`.construct.prior_from_dataset`."""
+        from .construct import prior_from_dataset
 
-        Takes the normaliser, grid shape and problem from the dataset and measures ``sigma_data``
-        on the generated channels of its first ``max_samples`` items. ``fields`` defaults to the
-        dataset's fields other than ``cond_fields``; both must be among the dataset's fields.
-        """
-        if getattr(dataset, "normalizer", None) is None:
-            raise ValueError("Prior.from_dataset needs a normalised dataset (FieldDataset(..., normalize=True))")
-        names = tuple(dataset.field_names)
-        fields = tuple(n for n in names if n not in cond_fields) if fields is None else tuple(fields)
-        missing = [n for n in (*fields, *cond_fields) if n not in names]
-        if missing:
-            raise KeyError(f"field(s) {missing} are not in the dataset; it has {list(names)}")
-        idx = [names.index(n) for n in fields]
-        n = min(len(dataset), max_samples)
-        data = torch.stack([dataset[i][idx] for i in range(n)]) if n else None
-        info = getattr(dataset, "info", None)
-        kwargs.setdefault("problem", getattr(info, "config", None))
-        return cls.from_config(model, fields=fields, grid_shape=dataset.field_shape, cond_fields=cond_fields,
-                               param_names=param_names, normalizer=dataset.normalizer, data=data, **kwargs)
+        return prior_from_dataset(dataset, model, **kwargs)
 
     # -- frames ----------------------------------------------------------------------------------
 
@@ -429,96 +383,21 @@ class Prior(nn.Module):
     # -- persistence -----------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed).
-
-        Each file is written to a temporary name in the directory and renamed over the old one.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = self.config()
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp_weights = _temp_name(directory, WEIGHTS_NAME)
-        tmp_config = _temp_name(directory, CONFIG_NAME)
-        try:
-            save_file(tensors, str(tmp_weights), metadata={"format": "pt", "diffpde": FORMAT})
-            with open(tmp_weights, "rb") as f:
-                os.fsync(f.fileno())
-            with open(tmp_config, "w") as f:
-                json.dump(config, f, indent=2, allow_nan=False)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_weights, directory / WEIGHTS_NAME)
-            os.replace(tmp_config, directory / CONFIG_NAME)
-        finally:
-            for tmp in (tmp_weights, tmp_config):
-                if tmp.exists():
-                    tmp.unlink()
-        return directory
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``; see :func:`.persistence.save_prior`."""
+        return save_prior(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "Prior":
-        """Load a prior written by :meth:`save_pretrained` (safetensors + JSON only; nothing unpickled)."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"no prior at {directory}: not a directory")
-        config = read_config(directory)
-        weights_path = directory / WEIGHTS_NAME
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"prior {directory}: missing weights file {WEIGHTS_NAME}")
-        try:
-            net = build_network(config["network"])
-            precond = build_precond(config["precond"], net)
-            prior = cls(
-                precond,
-                config["fields"],
-                config["grid_shape"],
-                cond_fields=config.get("cond_fields", ()),
-                param_names=config.get("param_names", ()),
-                normalizer=config.get("normalizer"),
-                representation=build_representation(config.get("representation")),
-                problem=config.get("problem"),
-                sigma_min=config.get("sigma_min"),
-                sigma_max=config.get("sigma_max"),
-            )
-        except KeyError as e:
-            raise ValueError(f"prior {directory}: {CONFIG_NAME} lacks the key {e}") from None
-        try:
-            state = load_file(str(weights_path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"prior {directory}: corrupt weights file {WEIGHTS_NAME}: {e}") from None
-        _check_state(prior.state_dict(), state, directory)
-        prior.load_state_dict(state, strict=True)
-        return prior.to(device)
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device = "cpu", *,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False) -> "Prior":
+        """Load a saved prior from a directory or a Hugging Face Hub repo id ``"org/name"``, checked.
 
-
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``config.json`` of a saved prior."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"prior {directory}: missing {CONFIG_NAME}")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"prior {directory}: corrupt {CONFIG_NAME}: {e}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"prior {directory}: {CONFIG_NAME} is not a diffpde prior config (format != {FORMAT!r})")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"prior {directory}: format version {config['format_version']} is newer than this diffpde "
-                         f"understands ({FORMAT_VERSION})")
-    return config
-
-
-def _check_state(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], directory: Path) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"prior {directory}: weights do not match the config: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise ValueError(f"prior {directory}: parameter {k!r} has shape {tuple(state[k].shape)} in "
-                             f"{WEIGHTS_NAME} but the config builds {tuple(v.shape)}")
+        A local directory that exists wins over a repo of the same name; ``revision``,
+        ``cache_dir`` and ``local_files_only`` go to the Hub download (config.json and
+        model.safetensors only). Nothing is unpickled. See :func:`.persistence.load_prior`.
+        """
+        return load_prior(name_or_path, device, revision=revision, cache_dir=cache_dir,
+                          local_files_only=local_files_only)
 
 
 def _to_json(value: Any) -> Any:
@@ -526,12 +405,6 @@ def _to_json(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"problem parameter {value!r} of type {type(value).__name__} is not JSON-serialisable")
-
-
-def _temp_name(directory: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return Path(path)
 
 
 def _broadcast(t: Tensor | None, batch: int, what: str) -> Tensor | None:

@@ -6,23 +6,26 @@ and PDE losses on physical fields can guide sampling in ``z``.
 
 Only :class:`Identity` (pixel-space diffusion, as in DiffusionPDE) exists now. A wavelet
 representation of whole trajectories (WDNO) and a trained autoencoder (latent diffusion, as in
-Text2PDE) come later and plug in through :func:`build_representation`.
+Text2PDE) come later: each registers itself (``@register("representation", name)``) and
+records its arguments (``@register_to_config``), so ``build("representation", config)`` finds it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from .registry import Configurable, register, register_to_config
+
 Tensor = torch.Tensor
 
 
-class Representation(nn.Module):
-    """Base class: ``encode``, differentiable ``decode``, ``latent_shape`` and a JSON ``config``."""
+class Representation(Configurable, nn.Module):
+    """Base class: ``encode``, differentiable ``decode``, ``latent_shape`` and a JSON ``config()``."""
 
-    kind: str = ""
+    config_family = "representation"
 
     def encode(self, fields: Tensor) -> Tensor:
         raise NotImplementedError
@@ -34,14 +37,14 @@ class Representation(nn.Module):
         """Shape of one ``z`` (without batch) for fields of shape ``[C, *grid]``."""
         raise NotImplementedError
 
-    def config(self) -> dict[str, Any]:
-        return {"type": self.kind}
 
-
+@register("representation", "identity")
 class Identity(Representation):
     """Diffusion directly on the (normalised) fields: ``z = fields``."""
 
-    kind = "identity"
+    @register_to_config
+    def __init__(self) -> None:
+        super().__init__()
 
     def encode(self, fields: Tensor) -> Tensor:
         return fields
@@ -51,18 +54,3 @@ class Identity(Representation):
 
     def latent_shape(self, field_shape: Sequence[int]) -> tuple[int, ...]:
         return tuple(int(n) for n in field_shape)
-
-
-REPRESENTATIONS: dict[str, type[Representation]] = {"identity": Identity}
-
-
-def build_representation(config: dict[str, Any] | None) -> Representation:
-    """Build a representation from ``{"type": "identity", ...}`` (``None`` means identity)."""
-    config = dict(config or {"type": "identity"})
-    kind = config.pop("type", None)
-    if kind not in REPRESENTATIONS:
-        raise ValueError(f"unknown representation type {kind!r}; known: {', '.join(REPRESENTATIONS)}")
-    try:
-        return REPRESENTATIONS[kind](**config)
-    except TypeError as e:
-        raise ValueError(f"bad config for representation {kind!r}: {e}") from None

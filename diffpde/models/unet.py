@@ -20,13 +20,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import ParamEmbedding, check_inputs
+from .registry import Configurable, register, register_to_config
 
 Tensor = torch.Tensor
 
@@ -71,7 +72,8 @@ def make_convs_periodic(module: nn.Module) -> int:
     return n
 
 
-class UNet2D(nn.Module):
+@register("network", "unet2d")
+class UNet2D(Configurable, nn.Module):
     """Score network for fields on a 2D grid, built on diffusers ``UNet2DModel``.
 
     Arguments:
@@ -87,8 +89,14 @@ class UNet2D(nn.Module):
         periodic:          circular padding everywhere (see module docstring).
         dropout:           dropout in the ResNet blocks.
         attention_head_dim: channels per attention head.
+
+    Registered as network ``"unet2d"``: ``config()`` records these arguments and
+    ``UNet2D.from_config(config)`` (or ``build("network", config)``) rebuilds the network.
     """
 
+    spatial_dims = 2
+
+    @register_to_config
     def __init__(
         self,
         in_channels: int,
@@ -111,13 +119,6 @@ class UNet2D(nn.Module):
         bad = [c for c in block_out_channels if c % norm_num_groups]
         if bad:
             raise ValueError(f"block widths {bad} are not divisible by norm_num_groups={norm_num_groups}")
-        self._config = dict(
-            in_channels=int(in_channels), out_channels=int(out_channels), cond_channels=int(cond_channels),
-            num_params=int(num_params), block_out_channels=list(block_out_channels),
-            layers_per_block=int(layers_per_block), attention_levels=list(attention_levels),
-            norm_num_groups=int(norm_num_groups), periodic=bool(periodic), dropout=float(dropout),
-            attention_head_dim=int(attention_head_dim),
-        )
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.cond_channels, self.num_params = int(cond_channels), int(num_params)
         self.periodic = bool(periodic)
@@ -153,7 +154,3 @@ class UNet2D(nn.Module):
         c_noise = torch.as_tensor(c_noise, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
         out = self.unet(h, c_noise, class_labels=labels).sample
         return out[crop]
-
-    def config(self) -> dict[str, Any]:
-        """JSON dict that :func:`diffpde.models.build_network` turns back into this network."""
-        return {"type": "unet2d", **self._config}

@@ -17,13 +17,14 @@ config), so this is a compact DDPM-style UNet in 1D:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import ParamEmbedding, check_inputs, sinusoidal_embedding
+from .registry import Configurable, register, register_to_config
 from .unet import pad_to_multiple
 
 Tensor = torch.Tensor
@@ -49,7 +50,8 @@ class ResBlock1D(nn.Module):
         return self.shortcut(x) + h
 
 
-class UNet1D(nn.Module):
+@register("network", "unet1d")
+class UNet1D(Configurable, nn.Module):
     """Score network for fields ``[B, C, N]`` on a 1D grid; same call as :class:`UNet2D`.
 
     Arguments:
@@ -61,8 +63,13 @@ class UNet1D(nn.Module):
         norm_num_groups:    GroupNorm groups.
         periodic:           circular padding in every convolution and for the input padding.
         dropout:            dropout inside the residual blocks.
+
+    Registered as network ``"unet1d"`` (see :class:`~diffpde.models.unet.UNet2D` for the config round trip).
     """
 
+    spatial_dims = 1
+
+    @register_to_config
     def __init__(
         self,
         in_channels: int,
@@ -80,11 +87,6 @@ class UNet1D(nn.Module):
         bad = [c for c in widths if c % norm_num_groups]
         if bad:
             raise ValueError(f"block widths {bad} are not divisible by norm_num_groups={norm_num_groups}")
-        self._config = dict(
-            in_channels=int(in_channels), out_channels=int(out_channels), cond_channels=int(cond_channels),
-            num_params=int(num_params), block_out_channels=list(widths), layers_per_block=int(layers_per_block),
-            norm_num_groups=int(norm_num_groups), periodic=bool(periodic), dropout=float(dropout),
-        )
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.cond_channels, self.num_params = int(cond_channels), int(num_params)
         self.periodic = bool(periodic)
@@ -148,7 +150,3 @@ class UNet1D(nn.Module):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.conv_out(F.silu(self.norm_out(h)))
         return h[crop]
-
-    def config(self) -> dict[str, Any]:
-        """JSON dict that :func:`diffpde.models.build_network` turns back into this network."""
-        return {"type": "unet1d", **self._config}

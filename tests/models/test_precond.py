@@ -1,13 +1,13 @@
 """Preconditioning against the formulas of Karras et al. (2022) and exact Gaussian denoisers."""
 
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from diffpde.models import (EDMPrecond, FlowPrecond, UNet2D, VEPrecond, VPPrecond, build_precond,
-                            measure_sigma_data)
+from diffpde.models import EDMPrecond, FlowPrecond, UNet2D, VEPrecond, VPPrecond, build, measure_sigma_data
 from samplers.analytic import GaussianDenoiser
 
 SHAPE = (2, 3, 4)  # [C, H, W] of one sample; d = 24
@@ -135,12 +135,21 @@ def test_exact_F_reproduces_the_gaussian_denoiser():
 def test_config_round_trip_and_errors():
     for pre in (EDMPrecond(zero_net(), sigma_data=0.3, sigma_max=50), VPPrecond(zero_net(), beta_d=10.0),
                 VEPrecond(zero_net(), sigma_min=0.01), FlowPrecond(zero_net(), time_scale=1.0)):
-        again = build_precond(pre.config(), zero_net())
+        again = build("preconditioner", json.loads(json.dumps(pre.config())), net=zero_net())
         assert type(again) is type(pre) and again.config() == pre.config()
-    with pytest.raises(ValueError, match="unknown preconditioner"):
-        build_precond({"type": "ddim"}, zero_net())
-    with pytest.raises(ValueError, match="sigma_datum"):
-        build_precond({"type": "edm", "sigma_datum": 1.0}, zero_net())
+        assert (again.sigma_min, again.sigma_max, again.sigma_data) == (pre.sigma_min, pre.sigma_max, pre.sigma_data)
+    assert EDMPrecond(zero_net(), sigma_data=0.3, sigma_max=50).config() == {
+        "type": "edm", "sigma_min": 0.002, "sigma_max": 50, "sigma_data": 0.3}
+    vp = VPPrecond(zero_net(), beta_d=10.0).config()   # the resolved default range is recorded
+    assert vp["sigma_max"] == pytest.approx(math.sqrt(math.expm1(5.0 + 0.1))) and vp["beta_d"] == 10.0
+    with pytest.raises(ValueError, match="unknown preconditioner type 'ddim'"):
+        build("preconditioner", {"type": "ddim"}, net=zero_net())
+    with pytest.raises(ValueError, match="'sigma_datum' .did you mean 'sigma_data'"):
+        build("preconditioner", {"type": "edm", "sigma_datum": 1.0}, net=zero_net())
+    with pytest.raises(ValueError, match="'net'.*passed as an object"):
+        build("preconditioner", {"type": "edm", "net": "unet"}, net=zero_net())
+    with pytest.raises(ValueError, match="sigma_max must be a number, got 'big'"):
+        build("preconditioner", {"type": "ve", "sigma_max": "big"}, net=zero_net())
     with pytest.raises(ValueError, match="sigma"):
         EDMPrecond(zero_net())(torch.zeros(2, 1, 4, 4), torch.ones(3))
 

@@ -176,7 +176,7 @@ def test_failed_save_leaves_the_old_prior_intact(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("diffpde.models.prior.save_file", broken)
+    monkeypatch.setattr("diffpde.models.persistence.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         make_prior(seed=1).save_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -215,7 +215,7 @@ def test_clear_errors_for_bad_checkpoints(tmp_path):
     (d / CONFIG_NAME).write_text('{"format": "diffpde.prior", ')
     with pytest.raises(ValueError, match="corrupt config.json"):
         Prior.from_pretrained(d)
-    (d / CONFIG_NAME).write_text(json.dumps({"format": "diffpde.prior", "fields": ["a"]}))
+    (d / CONFIG_NAME).write_text(json.dumps({"format": "diffpde.prior", "format_version": 1, "fields": ["a"]}))
     with pytest.raises(ValueError, match="network"):
         Prior.from_pretrained(d)
 

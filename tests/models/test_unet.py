@@ -1,10 +1,12 @@
 """UNet2D (diffusers) and UNet1D: shapes on any grid, conditioning, periodic equivariance, configs."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
-from diffpde.models import UNet1D, UNet2D, build_network
+from diffpde.models import UNet1D, UNet2D, build
 from diffpde.models.unet import pad_to_multiple
 
 TINY2D = dict(block_out_channels=(16, 32), attention_levels=(False, True))
@@ -118,14 +120,16 @@ def test_unet1d_periodic_equivariance():
 
 
 @pytest.mark.parametrize("kind", ["unet2d", "unet1d"])
-def test_build_network_round_trip(kind):
+def test_network_config_round_trip(kind):
     if kind == "unet2d":
         net = UNet2D(2, 2, cond_channels=1, num_params=3, periodic=True, dropout=0.1, **TINY2D)
     else:
         net = UNet1D(1, 1, num_params=1, periodic=True, **TINY1D)
     config = net.config()
-    again = build_network(config)
-    assert again.config() == config
+    assert config["type"] == kind and config["block_out_channels"] == list(net.config()["block_out_channels"])
+    again = build("network", json.loads(json.dumps(config)))
+    assert type(again) is type(net) and again.config() == config
+    assert type(net).from_config(config).config() == config
     again.load_state_dict(randomize(net).state_dict())
     b = 2
     grid = (8, 8) if config["type"] == "unet2d" else (16,)
@@ -135,7 +139,15 @@ def test_build_network_round_trip(kind):
     with torch.no_grad():
         assert torch.equal(net(x, torch.zeros(b), cond=cond, params=params),
                            again.eval()(x, torch.zeros(b), cond=cond, params=params))
-    with pytest.raises(ValueError, match="unknown network type"):
-        build_network({"type": "dit"})
-    with pytest.raises(ValueError, match="widht"):
-        build_network({**config, "widht": 3})
+    with pytest.raises(ValueError, match="unknown network type 'dit'"):
+        build("network", {"type": "dit"})
+    with pytest.raises(ValueError, match="unknown config key 'widht'"):
+        build("network", {**config, "widht": 3})
+    with pytest.raises(ValueError, match="did you mean 'dropout'"):
+        build("network", {**config, "dropuot": 0.1})
+    with pytest.raises(ValueError, match="periodic must be true or false, got 'yes'"):
+        build("network", {**config, "periodic": "yes"})
+    with pytest.raises(ValueError, match=r"lacks the required key\(s\) \['in_channels'\]"):
+        build("network", {k: v for k, v in config.items() if k != "in_channels"})
+    with pytest.raises(ValueError, match="cannot build"):
+        type(net).from_config({**config, "type": "unet1d" if kind == "unet2d" else "unet2d"})
