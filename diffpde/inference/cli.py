@@ -122,16 +122,17 @@ def check_device(text: str) -> torch.device:
 
 
 def process_state(device: str | None):
-    """``(accelerate.PartialState, torch device)``: the device is ``device`` when given (checked), else
-    the process's device under ``accelerate launch`` and the CPU otherwise."""
+    """``(accelerate.PartialState, torch device)``. The device is ``device`` (checked) when given, else
+    the CPU; under ``accelerate launch`` each process takes its own device of that type (``cuda``
+    becomes ``cuda:<local rank>``; no ``--device``: the process's device)."""
     from accelerate import PartialState
 
     chosen = check_device(device) if device is not None else None
     cpu = (chosen.type == "cpu") if chosen is not None else not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
-    if chosen is None:
-        chosen = state.device if state.num_processes > 1 else torch.device("cpu")
-    return state, chosen
+    if state.num_processes > 1 and (chosen is None or (chosen.index is None and chosen.type == state.device.type)):
+        return state, state.device
+    return state, chosen if chosen is not None else torch.device("cpu")
 
 
 def load_prior(directory: str, device: str | torch.device = "cpu"):

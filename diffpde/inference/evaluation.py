@@ -275,7 +275,7 @@ def evaluate_dataset(prior: Any, data: str, task: str, *, observe: str = "0.03",
         sampling: method, solver, steps, samples, schedule, seed and options.
         noise_std: measurement noise (physical units) of spec items without ``@NOISE``; the
                   likelihood uses the operator's noise.
-        progress: progress bars (batches; solver steps where ``reconstruct`` offers them).
+        progress: progress bars (batches on a terminal, and solver steps).
         state:    an ``accelerate.PartialState`` (default: the process's).
     One observation operator (same nodes) serves every instance. Two-phase fields of the PDE
     family (``PDE.two_phase_fields``) also get the error rate.

@@ -21,7 +21,6 @@ every process returns exactly what one process computes alone.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -106,15 +105,12 @@ def sample_posterior(prior: Any, observations: Observations, sampling: Sampling,
                      noise_std: float | None = None, progress: bool = False) -> tasks.Posterior:
     """One call of :func:`~.tasks.reconstruct` (conditioning fields taken from ``truth``); a diverging
     sampler becomes a ``ValueError`` that says what to try."""
-    options = {}
-    if "progress" in inspect.signature(tasks.reconstruct).parameters:
-        options["progress"] = progress
     try:
         return tasks.reconstruct(prior, observations, method=sampling.method, solver=sampling.solver_name,
                                  steps=sampling.steps, n_samples=sampling.samples, schedule=sampling.schedule,
                                  cond=_conditioning(prior, truth), noise_std=noise_std, generator=generator,
                                  seed=sampling.seed, method_options=dict(sampling.method_options),
-                                 solver_options=dict(sampling.solver_options), **options)
+                                 solver_options=dict(sampling.solver_options), progress=progress)
     except FloatingPointError as e:
         raise ValueError(f"sampling diverged ({e}); try more steps, another method or a larger noise std") from None
 
@@ -172,8 +168,6 @@ def concat_posteriors(parts: Sequence[tasks.Posterior]) -> tasks.Posterior:
     Diagnostics per instance (first axis the batch) are concatenated, ``noise_std`` ``[m]`` becomes
     ``[B, m]``, ``wall_time`` is summed and the other numbers (per chain) averaged over instances.
     """
-    if len(parts) == 1:
-        return parts[0]
     sizes = [p.samples[next(iter(p.samples))].shape[0] for p in parts]
     samples = {k: torch.cat([p.samples[k] for p in parts]) for k in parts[0].samples}
     diagnostics: dict[str, Any] = {}

@@ -60,3 +60,11 @@ def test_bench_inverse_tunes_the_preset_and_tabulates_both_tasks(bench, tiny_dar
     assert row["K"] == 1 and row["rel_l2"] == pytest.approx(row["sample_rel_l2"])
     assert all(row[k] != row[k] for k in ("crps", "cov90", "cov50", "spread_skill"))  # NaN
     assert "| - | - | - | - |" in capsys.readouterr().out
+
+
+def test_natural_zeta_is_the_push_that_removes_the_misfit_over_the_steps():
+    from diffpde.inference.diffusionpde import natural_zeta
+
+    assert natural_zeta(0.5, 16, 100) == pytest.approx(4 / (100 * 0.5))   # sqrt(m) / (steps * std)
+    with pytest.raises(ValueError, match="truth_std > 0"):
+        natural_zeta(0.0, 16, 100)

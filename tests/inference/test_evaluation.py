@@ -142,3 +142,10 @@ def test_two_processes_give_the_single_process_result(tiny_darcy, tmp_path, caps
         assert torch.equal(two.metrics[name]["rel_l2"], one.metrics[name]["rel_l2"])
     assert torch.equal(two.observations.values, one.observations.values)
     assert one.attrs["indices"] == [0, 1, 2] and two.posterior.samples["a"].shape[0] == 3
+
+
+def test_one_batch_gets_per_instance_noise_std_too():
+    part = Posterior({"u": torch.zeros(3, 2, 4)}, {"misfit": torch.zeros(3), "noise_std": torch.tensor([0.1, 0.2]),
+                                                   "nfe": 4})
+    joined = concat_posteriors([part])
+    assert joined.diagnostics["noise_std"].shape == (3, 2) and joined.diagnostics["nfe"] == 4

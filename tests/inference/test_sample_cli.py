@@ -280,3 +280,12 @@ def test_dataset_with_other_pde_parameters_is_refused(setup, capsys, tmp_path):
     code, _, err = _run(capsys, "evaluate", "--prior", prior, "--data", other, "--task", "inverse", *FAST)
     assert code == 1
     assert "was generated with other darcy parameters than the prior's: f = 5.0 (data) vs 1.0 (prior)" in err
+
+
+def test_sampling_shows_progress_per_step_unless_quiet(setup, capsys):
+    root, data, prior = setup
+    for quiet in ([], ["--quiet"]):
+        code, _, err = _run(capsys, "evaluate", "--prior", prior, "--data", data, "--task", "inverse", "--n-test", 1,
+                            *FAST, *quiet)
+        assert code == 0, err
+        assert ("4/4" in err and "step" in err) == (not quiet), err
