@@ -48,4 +48,3 @@ def test_spread_skill_is_one_for_a_calibrated_ensemble_and_errors_are_relative()
     assert abs(metrics.spread_skill(samples, truth).mean() - 1) < 0.05
     assert torch.allclose(metrics.relative_l2(truth * 1.1, truth), torch.full((200,), 0.1, dtype=torch.float64))
     assert metrics.threshold_error_rate(torch.tensor([[3.0, 12.0, 8.0, 7.0]]), torch.tensor([[3.0, 3.0, 12.0, 12.0]]), 3.0, 12.0).item() == 0.5
-
