@@ -65,11 +65,9 @@ class ConfigError(ValueError):
 
 
 def augmentations() -> tuple[str, ...]:
-    """The names ``train.augment`` may hold: the symmetry transforms of :mod:`diffpde.data.augment`."""
-    try:
-        from ..data.augment import SYMMETRIES
-    except ImportError:  # until the data package has its augmentation module
-        return ("roll_x", "roll_y", "flip_x", "flip_y")
+    """The names ``train.augment`` may hold: the symmetry maps of :mod:`diffpde.data.augment`."""
+    from ..data.augment import SYMMETRIES
+
     return tuple(SYMMETRIES)
 
 

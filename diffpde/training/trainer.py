@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..data.augment import augment
 from .checkpoint import CheckpointError, load_checkpoint, load_tensors, resolve_resume, rotate_checkpoints, save_checkpoint
 from .config import ConfigError, DataConfig, TrainConfig
 from .ema import EMA
@@ -119,28 +120,6 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """CPU generator for the noise of micro-step ``(step, micro)``; the same on every rank."""
     state = np.random.SeedSequence([seed, step, micro, 0x6E6F697365]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
-
-
-try:
-    from ..data.augment import augment
-except ImportError:  # until the data package has its augmentation module
-    def augment(x: torch.Tensor, names: list[str], generator: torch.Generator, offset: int, total: int,
-                **_: Any) -> torch.Tensor:
-        """Random periodic rolls / flips of the last two axes of ``x`` ``[b, C, ..., H, W]``.
-
-        The draws are made for a global micro-batch of ``total`` samples, of which ``x`` holds
-        ``offset : offset + b`` (so that they do not depend on the number of ranks).
-        """
-        b = x.shape[0]
-        for name in names:
-            axis = {"x": -1, "y": -2}[name[-1]]
-            if name.startswith("roll"):
-                shifts = torch.randint(0, x.shape[axis], (total,), generator=generator)[offset:offset + b]
-                x = torch.stack([torch.roll(xi, int(s), dims=axis) for xi, s in zip(x, shifts)])
-            else:
-                flip = (torch.rand(total, generator=generator) < 0.5)[offset:offset + b]
-                x = torch.where(flip.reshape(-1, *[1] * (x.ndim - 1)).to(x.device), x.flip(axis), x)
-        return x
 
 
 # -- optimisation --------------------------------------------------------------------------------
