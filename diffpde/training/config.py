@@ -99,8 +99,8 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    network: dict[str, Any] = Field(default_factory=lambda: {"type": "unet2d"})  # build_network(config)
-    precond: dict[str, Any] = Field(default_factory=lambda: {"type": "edm"})    # build_precond(config, net)
+    network: dict[str, Any] = Field(default_factory=lambda: {"type": "unet2d"})  # build("network", config)
+    precond: dict[str, Any] = Field(default_factory=lambda: {"type": "edm"})    # build("preconditioner", config, net=net)
     representation: dict[str, Any] = Field(default_factory=lambda: {"type": "identity"})
 
 

@@ -18,12 +18,14 @@ and FlowMatchingLoss the velocity loss ``||v_hat - v||^2``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from samplers.schedules import flow_frame, flow_sigma, vp_sigma
+
+from ..models.registry import REGISTRY, Configurable, build, register, register_to_config
 
 Tensor = torch.Tensor
 
@@ -66,10 +68,12 @@ def sigma_data_of(precond: nn.Module) -> float:
     raise AttributeError(f"{type(precond).__name__} has no sigma_data (needed by the EDM loss weight)")
 
 
-class DenoisingLoss:
-    """Base class: subclasses draw ``sigma`` ``[B]`` and give ``weight(sigma)`` ``[B]``."""
+class DenoisingLoss(Configurable):
+    """Base class: subclasses draw ``sigma`` ``[B]`` and give ``weight(sigma)`` ``[B]``.
 
-    kind: str = ""
+    Each loss is registered (:mod:`diffpde.models.registry`, family ``"loss"``) under its ``type``;
+    its ``config()`` is recorded from its constructor, and :func:`build_loss` rebuilds it.
+    """
 
     def sample_sigma(self, batch: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
@@ -97,13 +101,11 @@ class DenoisingLoss:
         m = m.expand_as(x0)
         return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
 
-    def config(self) -> dict[str, Any]:
-        return {"type": self.kind, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.config().items() if k != 'type')})"
 
 
+@register("loss", "edm")
 class EDMLoss(DenoisingLoss):
     """Karras et al. (2022): ``ln sigma ~ N(P_mean, P_std^2)``, weight ``(s^2 + sd^2) / (s sd)^2``.
 
@@ -111,8 +113,7 @@ class EDMLoss(DenoisingLoss):
     ``N(mu, sd^2 I)`` data has expected loss exactly 1 per entry at every sigma.
     """
 
-    kind = "edm"
-
+    @register_to_config
     def __init__(self, P_mean: float = -1.2, P_std: float = 1.2) -> None:
         self.P_mean, self.P_std = float(P_mean), float(P_std)
 
@@ -124,11 +125,11 @@ class EDMLoss(DenoisingLoss):
         return (sigma**2 + sd**2) / (sigma * sd) ** 2
 
 
+@register("loss", "vp")
 class VPLoss(DenoisingLoss):
     """Song et al. VP-SDE: ``t ~ U(epsilon_t, 1)``, ``sigma = vp_sigma(t)`` (:func:`samplers.schedules.vp_sigma`), weight ``1/sigma^2``."""
 
-    kind = "vp"
-
+    @register_to_config
     def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5) -> None:
         self.beta_d, self.beta_min, self.epsilon_t = float(beta_d), float(beta_min), float(epsilon_t)
 
@@ -140,11 +141,11 @@ class VPLoss(DenoisingLoss):
         return 1.0 / sigma**2
 
 
+@register("loss", "ve")
 class VELoss(DenoisingLoss):
     """Song et al. VE-SDE (denoising score matching): ``ln sigma ~ U(ln sigma_min, ln sigma_max)``, weight ``1/sigma^2``."""
 
-    kind = "ve"
-
+    @register_to_config
     def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100.0) -> None:
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
@@ -156,6 +157,7 @@ class VELoss(DenoisingLoss):
         return 1.0 / sigma**2
 
 
+@register("loss", "flow")
 class FlowMatchingLoss(DenoisingLoss):
     """Flow matching / rectified flow on ``x_t = (1 - t) x0 + t eps``: the velocity loss ``||v_hat - v||^2``.
 
@@ -165,8 +167,7 @@ class FlowMatchingLoss(DenoisingLoss):
     and ``||v_hat - v||^2 = ||x0_hat - x0||^2 / t^2``, the weight used here.
     """
 
-    kind = "flow"
-
+    @register_to_config
     def __init__(self, t_dist: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
                  t_eps: float = 1e-4) -> None:
         if t_dist not in ("uniform", "logit_normal"):
@@ -189,16 +190,13 @@ class FlowMatchingLoss(DenoisingLoss):
         return flow_frame(sigma.double())[1].pow(-2).float()
 
 
-LOSSES: dict[str, type[DenoisingLoss]] = {c.kind: c for c in (EDMLoss, VPLoss, VELoss, FlowMatchingLoss)}
+#: ``{type name: class}`` of the registered losses (the ``"loss"`` family of the registry).
+LOSSES: dict[str, type[DenoisingLoss]] = REGISTRY["loss"]
 
 
-def build_loss(config: dict[str, Any] | str) -> DenoisingLoss:
-    """Build a loss from ``{"type": "edm"|"vp"|"ve"|"flow", **kwargs}`` (or just the type name)."""
-    config = {"type": config} if isinstance(config, str) else dict(config)
-    kind = config.pop("type", None)
-    if kind not in LOSSES:
-        raise ValueError(f"unknown loss type {kind!r}; known: {', '.join(LOSSES)}")
-    try:
-        return LOSSES[kind](**config)
-    except TypeError as e:
-        raise ValueError(f"bad config for loss {kind!r}: {e}") from None
+def build_loss(config: Mapping[str, Any] | str) -> DenoisingLoss:
+    """Build a loss from ``{"type": "edm"|"vp"|"ve"|"flow", **kwargs}`` (or just the type name).
+
+    Unknown types and keys, and values of the wrong kind, raise ``ValueError`` naming them.
+    """
+    return build("loss", {"type": config} if isinstance(config, str) else config)
