@@ -11,8 +11,10 @@ needing a capability the operator lacks fails at once:
 
 Every operator carries a Gaussian noise model ``y = A(fields) + noise_std * eps``; ``noise_std``
 is in the physical units of the measurements. :class:`Observations` pairs an operator with the
-measured values ``y`` and its provenance (problem and instances) and can be saved to / loaded from
-HDF5 with the observation coordinates; :func:`check_provenance` compares the provenance with a prior.
+measured values ``y`` and its provenance (problem and instances); it is written into / read from an
+open HDF5 file or group with the observation coordinates (``write`` / ``read``, also used by
+posterior files) or saved to / loaded from a file of its own; :func:`check_provenance` compares
+the provenance with a prior.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ import torch
 
 Tensor = torch.Tensor
 Fields = Mapping[str, Tensor]
+
+#: HDF5 attributes of an observations file (and of a posterior file, which holds its observations)
+OPERATOR_ATTR = "diffpde_observations"
+PROVENANCE_ATTR = "diffpde_provenance"
 
 
 class ObservationOperator(abc.ABC):
@@ -411,8 +417,41 @@ class Observations:
     def batch_size(self) -> int:
         return self.values.shape[0]
 
+    def write(self, group: Any) -> None:
+        """Write the observations into an open h5py ``File`` or ``Group``.
+
+        Attributes ``OPERATOR_ATTR`` (the operator as JSON) and ``PROVENANCE_ATTR`` (JSON, when
+        recorded), the dataset ``values`` ``[B, m]`` (physical units) and, for every mask
+        operator, ``coordinates/<field>`` ``[m_f, ndim]``: the grid indices of its observed nodes
+        (``<field>.1``, ``<field>.2``, ... for further operators of the same field). Nothing is
+        written when the operator cannot be saved. :meth:`read` reads it back.
+        """
+        operator = json.dumps(self.operator.to_dict())      # an unsaveable operator fails before any write
+        group.attrs[OPERATOR_ATTR] = operator
+        if self.provenance is not None:
+            group.attrs[PROVENANCE_ATTR] = json.dumps(self.provenance)
+        group.create_dataset("values", data=self.values.detach().cpu().numpy())
+        ops = self.operator.operators if isinstance(self.operator, StackedObservation) else (self.operator,)
+        seen: dict[str, int] = {}
+        for op in ops:
+            if isinstance(op, MaskObservation):
+                k = seen[op.field] = seen.get(op.field, -1) + 1
+                name = op.field if k == 0 else f"{op.field}.{k}"
+                group.create_dataset(f"coordinates/{name}", data=op.coordinates())
+
+    @classmethod
+    def read(cls, group: Any, where: str = "the file") -> "Observations":
+        """Read observations written by :meth:`write` from an open h5py ``File`` or ``Group``;
+        ``where`` names it in the error when it holds none."""
+        if OPERATOR_ATTR not in group.attrs or "values" not in group:
+            raise ValueError(f"{where} is not a diffpde observations file")
+        op = operator_from_dict(json.loads(group.attrs[OPERATOR_ATTR]))
+        provenance = group.attrs.get(PROVENANCE_ATTR)
+        provenance = json.loads(provenance) if provenance is not None else None
+        return cls(op, torch.as_tensor(group["values"][()]), provenance)
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write operator (JSON), values, provenance (JSON) and observed grid indices to an HDF5 file.
+        """Write the observations (:meth:`write`) to a new HDF5 file ``path``.
 
         The file is written under a temporary name in the target directory and renamed into place:
         on any error nothing is left behind and an existing file at ``path`` is untouched.
@@ -420,7 +459,7 @@ class Observations:
         import h5py
 
         path = os.fspath(path)
-        operator = json.dumps(self.operator.to_dict())      # unsaveable operators fail before any file
+        self.operator.to_dict()                             # an unsaveable operator fails before any file
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise OSError(f"cannot write observations file {path!r}: directory {directory!r} does not exist")
@@ -429,17 +468,7 @@ class Observations:
         tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             with h5py.File(tmp, "w") as f:
-                f.attrs["diffpde_observations"] = operator
-                if self.provenance is not None:
-                    f.attrs["diffpde_provenance"] = json.dumps(self.provenance)
-                f.create_dataset("values", data=self.values.detach().cpu().numpy())
-                ops = self.operator.operators if isinstance(self.operator, StackedObservation) else (self.operator,)
-                seen: dict[str, int] = {}
-                for op in ops:
-                    if isinstance(op, MaskObservation):
-                        k = seen[op.field] = seen.get(op.field, -1) + 1
-                        name = op.field if k == 0 else f"{op.field}.{k}"
-                        f.create_dataset(f"coordinates/{name}", data=op.coordinates())
+                self.write(f)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -448,7 +477,8 @@ class Observations:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Observations":
-        """Read a file written by :meth:`save` (operator, values and provenance, if recorded)."""
+        """Read a file written by :meth:`save` (operator, values and provenance, if recorded);
+        a posterior file (``diffpde sample --out``) holds its observations the same way."""
         import h5py
 
         path = os.fspath(path)
@@ -457,12 +487,7 @@ class Observations:
         except (OSError, FileNotFoundError) as err:
             raise OSError(f"cannot read observations file {path!r}: {err}") from None
         with f:
-            if "diffpde_observations" not in f.attrs or "values" not in f:
-                raise ValueError(f"{path!r} is not a diffpde observations file")
-            op = operator_from_dict(json.loads(f.attrs["diffpde_observations"]))
-            provenance = f.attrs.get("diffpde_provenance")
-            provenance = json.loads(provenance) if provenance is not None else None
-            return cls(op, torch.as_tensor(f["values"][()]), provenance)
+            return cls.read(f, repr(path))
 
 
 def _json(value: Any) -> Any:

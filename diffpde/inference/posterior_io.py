@@ -26,15 +26,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .observations import MaskObservation, Observations, StackedObservation, operator_from_dict
+from .observations import OPERATOR_ATTR, PROVENANCE_ATTR, Observations
 from .tasks import Posterior
 
 __all__ = ["POSTERIOR_FORMAT", "POSTERIOR_FORMAT_VERSION", "PosteriorFile", "read_posterior", "write_posterior"]
 
 POSTERIOR_FORMAT = "diffpde.posterior"
 POSTERIOR_FORMAT_VERSION = 1
-#: the root attribute holding the observations' provenance (as in observations files)
-PROVENANCE_ATTR = "diffpde_provenance"
 
 
 def _scalar(value: Any) -> Any:
@@ -68,17 +66,7 @@ def write_posterior(path: str | os.PathLike, posterior: Posterior, observations:
             f.attrs["format_version"] = POSTERIOR_FORMAT_VERSION
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
-            op = observations.operator
-            f.attrs["diffpde_observations"] = json.dumps(op.to_dict())
-            provenance = getattr(observations, "provenance", None)
-            if provenance is not None:
-                f.attrs[PROVENANCE_ATTR] = json.dumps(provenance)
-            f.create_dataset("values", data=_numpy(observations.values))
-            seen: dict[str, int] = {}
-            for o in (op.operators if isinstance(op, StackedObservation) else (op,)):
-                if isinstance(o, MaskObservation):  # named as Observations.save names them
-                    k = seen[o.field] = seen.get(o.field, -1) + 1
-                    f.create_dataset(f"coordinates/{o.field if k == 0 else f'{o.field}.{k}'}", data=o.coordinates())
+            observations.write(f)
             mean, std = posterior.mean, posterior.std
             for name, s in posterior.samples.items():
                 f.create_dataset(f"samples/{name}", data=_numpy(s).astype(np.float32), compression="gzip")
@@ -144,12 +132,9 @@ def read_posterior(path: str | os.PathLike) -> PosteriorFile:
         samples = {k: v.to(torch.float64) for k, v in group("samples").items()}
         diagnostics: dict[str, Any] = json.loads(f.attrs.get("diagnostics", "{}"))
         diagnostics.update(group("diagnostics"))
-        provenance = f.attrs.get(PROVENANCE_ATTR)
-        observations = Observations(operator_from_dict(json.loads(f.attrs["diffpde_observations"])),
-                                    torch.as_tensor(f["values"][()]),
-                                    json.loads(provenance) if provenance is not None else None)
+        observations = Observations.read(f, repr(path))
         metrics = {name: {m: torch.as_tensor(v[()]) for m, v in g.items()} for name, g in f["metrics"].items()} \
             if "metrics" in f else {}
-        skip = {"diagnostics", "diffpde_observations", PROVENANCE_ATTR}
+        skip = {"diagnostics", OPERATOR_ATTR, PROVENANCE_ATTR}
         attrs = {k: _attr(v) for k, v in f.attrs.items() if k not in skip}
         return PosteriorFile(Posterior(samples, diagnostics), observations, group("truth") or None, metrics, attrs)

@@ -218,3 +218,43 @@ def test_save_leaves_nothing_behind_when_the_write_fails(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="does not exist"):
         obs.save(tmp_path / "missing" / "obs.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obs.h5"]
+
+
+def _layout(group) -> dict:
+    """What an observations writer put into ``group``: its attributes and its datasets' values."""
+    out = {f"@{k}": group.attrs[k] for k in ("diffpde_observations", "diffpde_provenance") if k in group.attrs}
+    group.visititems(lambda name, item: out.__setitem__(name, item[()]) if hasattr(item, "dtype")
+                     and (name == "values" or name.startswith("coordinates")) else None)
+    return out
+
+
+def test_one_writer_for_observation_files_groups_and_posterior_files(tmp_path):
+    """Observations written into an open group, into their own file and into a posterior file have one
+    layout (coordinates u and u.1 of two operators of u) and read back equal."""
+    import h5py
+
+    from diffpde.inference.posterior_io import write_posterior
+    from diffpde.inference.tasks import Posterior
+
+    obs = _observations({"problem": DARCY, "indices": [4, 5]})
+    obs.save(tmp_path / "obs.h5")
+    with h5py.File(tmp_path / "group.h5", "w") as f:
+        obs.write(f.create_group("run/observations"))
+    write_posterior(tmp_path / "post.h5", Posterior({"u": torch.zeros(2, 1, 8, 8)}), obs)
+    with h5py.File(tmp_path / "obs.h5", "r") as a, h5py.File(tmp_path / "group.h5", "r") as b, \
+            h5py.File(tmp_path / "post.h5", "r") as c:
+        reference = _layout(a)
+        assert sorted(reference) == ["@diffpde_observations", "@diffpde_provenance", "coordinates/u",
+                                     "coordinates/u.1", "values"]
+        for other in (_layout(b["run/observations"]), _layout(c)):
+            assert sorted(other) == sorted(reference)
+            for key, value in reference.items():
+                assert np.array_equal(other[key], value), key
+        back = Observations.read(b["run/observations"])
+        with pytest.raises(ValueError, match="'run' is not a diffpde observations file"):
+            Observations.read(b["run"], "'run'")
+    for path in ("obs.h5", "post.h5"):
+        again = Observations.load(tmp_path / path)
+        assert again.provenance == back.provenance == obs.provenance
+        assert torch.equal(again.values, obs.values) and torch.equal(back.values, obs.values)
+        assert again.operator.to_dict() == back.operator.to_dict() == obs.operator.to_dict()
