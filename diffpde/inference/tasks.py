@@ -31,7 +31,8 @@ class Posterior:
 
     diagnostics: ``nfe`` (network evaluations per sample chain), ``vjp`` (vector-Jacobian products),
     ``wall_time`` (s), ``misfit`` (``[B]`` observation chi-squared per measurement of the posterior
-    mean, in units of ``noise_std``, the ``[m]`` likelihood noise actually used), ``pde_residual`` (``[B]`` mean RMS residual of the samples, when the prior has a PDE),
+    mean, in units of ``noise_std``, the ``[B, m]`` likelihood noise actually used), ``pde_residual``
+    (``[B]`` mean RMS residual of the samples, when the prior has a PDE),
     and method-specific entries (``ess`` for ``tds``).
     """
 
@@ -80,8 +81,10 @@ def default_solver(method: str) -> str:
 
 
 def _noise_std(observations: Observations, noise_std: float | Tensor | None, floor: float) -> Tensor:
-    """Per-measurement standard deviation for the likelihood: the operator's, or ``noise_std``,
-    floored at ``floor`` times the RMS of the observations (a noise-free likelihood is degenerate)."""
+    """Standard deviation ``[B, m]`` of each measurement of each instance for the likelihood: the
+    operator's, or ``noise_std``, floored at ``floor`` times the RMS of the instance's observations
+    (of each operator of a stack; a noise-free likelihood is degenerate). Row ``b`` depends on row
+    ``b`` of the observations only, so an instance's posterior does not depend on its batch."""
     op = observations.operator
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
         raise ValueError(f"noise_floor must be a finite number >= 0, got {floor!r}")
@@ -103,11 +106,10 @@ def _noise_std(observations: Observations, noise_std: float | Tensor | None, flo
             raise ValueError(f"noise_std must be finite and >= 0 (0: the noise floor), got {bad[0].item()!r}")
         noise_std = given.flatten()
     std = torch.as_tensor(noise_std, dtype=torch.float64) * torch.ones(op.num_measurements, dtype=torch.float64)
-    if isinstance(op, StackedObservation):
-        parts = torch.split(observations.values.to(torch.float64), [o.num_measurements for o in op.operators], 1)
-        scale = torch.cat([p.pow(2).mean().sqrt().expand(p.shape[1]) for p in parts])
-    else:
-        scale = observations.values.to(torch.float64).pow(2).mean().sqrt().expand(op.num_measurements)
+    values = observations.values.to(torch.float64)
+    sizes = [o.num_measurements for o in op.operators] if isinstance(op, StackedObservation) else [op.num_measurements]
+    scale = torch.cat([p.pow(2).mean(1, keepdim=True).sqrt().expand(-1, p.shape[1])
+                       for p in torch.split(values, sizes, 1)], 1)          # [B, m]: RMS per instance (and operator)
     return torch.maximum(std, floor * scale.clamp_min(1e-12))
 
 
@@ -146,8 +148,10 @@ def reconstruct(
         n_samples:    ``K`` posterior samples (particles for ``tds``) per instance.
         cond, params: conditioning fields / scalar parameters of a conditional prior (physical
                       units, batch ``B`` or 1).
-        noise_std:    likelihood noise (default: the operator's), floored at ``noise_floor`` times
-                      the RMS of the observations.
+        noise_std:    likelihood noise (default: the operator's; one number or one per measurement),
+                      floored at ``noise_floor`` times the RMS of each instance's observations (of
+                      each operator of a stack), so an instance's posterior does not depend on the
+                      other instances of its batch.
         generator / seed: initial noise, solver noise and resampling are drawn from it.
         method_options, solver_options: passed to the method / the solver, checked first against
                       their keyword arguments (an unknown key or a value of the wrong type is a
@@ -192,7 +196,7 @@ def reconstruct(
     setting = Setting(
         denoiser=denoiser, decode=decode, operator=op,
         y=_repeat(observations.values.to(device, dtype), k),
-        noise_std=noise_std.to(device, dtype),
+        noise_std=_repeat(noise_std, k).to(device, dtype),
         pde_residual=_pde_residual(prior), sigmas=sigmas, x=noise * float(sigmas[0]),
         solver=solver, solver_options=solver_options, generator=generator,
         num_instances=b, num_samples=k,
@@ -203,7 +207,9 @@ def reconstruct(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"{method} ({solver}, {b} x {k} samples)", unit="step")
+        # leave=False: the bar is shown while the batch samples and cleared after it, so an evaluation
+        # over many batches does not fill the terminal
+        bar = tqdm(total=steps, desc=f"{method} ({solver}, {b} x {k} samples)", unit="step", leave=False)
         setting.callback = lambda info: bar.update(1)
     was_training = prior.training
     prior.eval()
@@ -221,9 +227,10 @@ def reconstruct(
         posterior = Posterior(samples, dict(setting.diagnostics))
         mean_fields = {n: v.mean(1) for n, v in samples.items()}
         mean_fields.update({n: v.reshape(b, k, *v.shape[1:])[:, 0].to(torch.float64) for n, v in cond_fields.items()})
-        chi = (observations.values.to(torch.float64) - op(mean_fields)) / setting.noise_std.to(torch.float64)
+        used = setting.noise_std.reshape(b, k, -1)[:, 0].detach().cpu()          # [B, m]
+        chi = (observations.values.to(torch.float64) - op(mean_fields)) / used.to(torch.float64)
         posterior.diagnostics.update(method=method, solver=solver, steps=steps, wall_time=wall,
-                                     misfit=chi.pow(2).mean(1), noise_std=setting.noise_std.detach().cpu())
+                                     misfit=chi.pow(2).mean(1), noise_std=used)
         if setting.pde_residual is not None:
             r = setting.pde_residual({n: v.to(torch.float64) for n, v in fields.items()})
             posterior.diagnostics["pde_residual"] = r.reshape(b, k, -1).pow(2).mean(-1).sqrt().mean(1)

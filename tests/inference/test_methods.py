@@ -174,10 +174,31 @@ def test_bad_noise_std_is_an_error_not_the_noise_floor(setup, noise_std, error, 
 def test_noise_std_per_measurement_and_zero_use_the_floor(setup):
     prior, obs, _ = setup
     post = reconstruct(prior, obs, method="dps", steps=2, n_samples=1, noise_std=torch.full((6,), 0.3))
-    assert torch.equal(post.diagnostics["noise_std"], torch.full((6,), 0.3, dtype=F64).to(torch.float32))
+    assert torch.equal(post.diagnostics["noise_std"], torch.full((2, 6), 0.3, dtype=F64).to(torch.float32))
     post = reconstruct(prior, obs, method="dps", steps=2, n_samples=1, noise_std=0.0, noise_floor=0.5)
-    rms = obs.values.pow(2).mean().sqrt()
-    assert torch.allclose(post.diagnostics["noise_std"].to(F64), 0.5 * rms.expand(6), rtol=1e-6)
+    rms = obs.values.pow(2).mean(1, keepdim=True).sqrt()                  # per instance
+    assert torch.allclose(post.diagnostics["noise_std"].to(F64), 0.5 * rms.expand(2, 6), rtol=1e-6)
+
+
+def test_the_noise_floor_of_an_instance_does_not_depend_on_its_batch(setup):
+    """Instance 0 alone, with a neighbour ten times larger, or with two: the same likelihood noise
+    (the floor binds: noise_std 0) and, with a deterministic solver, the same posterior samples."""
+    prior, obs, _ = setup
+    y = obs.values[:1]
+    rows = {"alone": y, "pair": torch.cat([y, 10 * obs.values[1:]]), "three": torch.cat([y, 10 * obs.values[1:], -y])}
+    runs = {name: reconstruct(prior, Observations(obs.operator, values), method="covariance", solver="dpmpp_2m",
+                              steps=6, n_samples=2, noise_std=0.0, noise_floor=0.3, seed=5)
+            for name, values in rows.items()}
+    expected = 0.3 * y.pow(2).mean().sqrt()
+    for name, post in runs.items():
+        std = post.diagnostics["noise_std"]
+        assert std.shape == (len(rows[name]), 6)
+        assert torch.allclose(std[0].to(F64), expected.expand(6), rtol=1e-6), name
+        torch.testing.assert_close(post.samples["u"][0], runs["alone"].samples["u"][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(post.diagnostics["misfit"][0], runs["alone"].diagnostics["misfit"][0])
+    # the neighbour has its own floor (ten times larger), which a batch-wide RMS would have shared
+    assert torch.allclose(runs["pair"].diagnostics["noise_std"][1].to(F64),
+                          0.3 * (10 * obs.values[1]).pow(2).mean().sqrt().expand(6), rtol=1e-6)
 
 
 @pytest.mark.parametrize("schedule", ["vp", "explicit", "karras"])
@@ -217,10 +238,23 @@ def test_vp_grid_samples_the_exact_posterior_mean(setup):
 
 
 @pytest.mark.parametrize("method", ["covariance", "tds", "diffusionpde"])
-def test_progress_ticks_once_per_solver_step(setup, capsys, method):
+def test_progress_ticks_once_per_solver_step(setup, capsys, monkeypatch, method):
+    """One tick per step on a bar that shows while sampling and is cleared afterwards (leave=False)."""
+    import tqdm.auto
+
+    closed = []
+
+    class Recording(tqdm.auto.tqdm):
+        def close(self):
+            if not self.disable:                # tqdm closes again on deletion, disabled by then
+                closed.append((self.n, self.total, self.leave))
+            super().close()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
     prior, obs, _ = setup
     reconstruct(prior, obs, method=method, steps=5, n_samples=2, progress=True)
+    assert closed == [(5, 5, False)]
     err = capsys.readouterr().err
-    assert "5/5" in err and method in err
+    assert "0/5 [" in err and method in err
     reconstruct(prior, obs, method=method, steps=5, n_samples=2)
     assert capsys.readouterr().err == ""
