@@ -42,7 +42,7 @@ class Setting:
                 the conditioning fields of a conditional prior.
     operator:   the observation operator (physical fields -> ``[N, m]``).
     y:          observations ``[N, m]`` (each instance repeated ``K`` times).
-    noise_std:  ``[m]`` observation noise standard deviation used by the likelihood (physical units).
+    noise_std:  ``[N, m]`` observation noise standard deviation used by the likelihood, one row per sample chain (physical units).
     pde_residual: ``fields -> [N, ...]`` residual in physical units, or ``None``.
     sigmas:     float64 grid ending in 0;  x: initial state ``[N, *latent]`` at ``sigmas[0]``.
     encode, pixel_fields: for identity representations, physical generated fields -> ``z`` and the

@@ -10,7 +10,7 @@ instances are processed, nor on the number of processes:
 - the instances are sampled in batches of ``batch`` consecutive instances of the global order;
   the batch that starts with instance ``i`` draws its initial and solver noise from a generator
   seeded with ``derived_seed(seed, "sampling", i)``. A batch is sampled as one ensemble (its
-  random draws and the likelihood's noise floor are shared), so its numbers depend on the batch
+  random draws are shared; the likelihood's noise floor is per instance), so its numbers depend on the batch
   size, not on the other batches.
 
 Processes. Under ``accelerate launch`` the batches are dealt to the processes in turn (batch
