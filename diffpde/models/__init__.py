@@ -6,7 +6,7 @@
 - :mod:`.precond`: ``EDMPrecond``, ``VPPrecond``, ``VEPrecond``, ``FlowPrecond`` turn a network
   ``net(x_in, c_noise, cond=None, params=None)`` into a denoiser ``D(x, sigma) -> x0_hat``.
 - :mod:`.unet` / :mod:`.unet1d`: ``UNet2D`` (diffusers) and ``UNet1D`` (our own).
-- :mod:`.representation`: ``Identity`` (wavelet and autoencoder representations come later).
+- :mod:`.representation`: ``Identity``; :mod:`.wavelet`: ``Wavelet`` (WDNO's wavelet coefficients).
 - :mod:`.prior`: ``Prior``, the self-describing bundle; :mod:`.construct` makes fresh priors from a
   model config or a dataset, :mod:`.persistence` saves and loads them (safetensors + JSON,
   local or from the Hugging Face Hub).
@@ -19,6 +19,7 @@ from .registry import REGISTRY, Configurable, build, register, register_to_confi
 from .representation import Identity, Representation
 from .unet import UNet2D
 from .unet1d import UNet1D
+from .wavelet import Wavelet
 
 
 def __getattr__(name: str):
@@ -32,6 +33,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "Preconditioner", "EDMPrecond", "VPPrecond", "VEPrecond", "FlowPrecond", "measure_sigma_data",
-    "UNet2D", "UNet1D", "Representation", "Identity", "REGISTRY", "Configurable", "build", "register",
+    "UNet2D", "UNet1D", "Representation", "Identity", "Wavelet", "REGISTRY", "Configurable", "build", "register",
     "register_to_config", "Prior",
 ]

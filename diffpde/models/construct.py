@@ -43,6 +43,7 @@ def prior_from_config(
     data: Any = None,
     sigma_min: float | None = None,
     sigma_max: float | None = None,
+    dims: Sequence[str] | None = None,
 ) -> Prior:
     """A fresh prior from a model section ``{"network", "precond", "representation"}``.
 
@@ -53,9 +54,15 @@ def prior_from_config(
     ``model["precond"]``, the ``sigma_data`` argument, measured on ``data`` (normalised
     samples ``[N, C, *grid]`` of the generated fields, encoded by the representation, see
     :func:`~diffpde.models.precond.measure_sigma_data`), or the preconditioner's default.
+    The representation is fitted first (:meth:`~.representation.Representation.fit`: the
+    wavelet's subband statistics are measured on ``data``); ``dims`` names the grid axes
+    (default: the problem's, when the representation needs them).
     """
     representation = build("representation", _get(model, "representation") or {"type": "identity"})
     grid_shape = tuple(int(n) for n in grid_shape)
+    if dims is None and representation.needs_dims:
+        dims = _field_dims(problem, fields)
+    representation.fit((len(fields), *grid_shape), data=data if isinstance(data, Tensor) else None, dims=dims)
     latent = representation.latent_shape((len(fields), *grid_shape))
     net_cfg = dict(_get(model, "network") or {})
     net_cfg.setdefault("type", "unet1d" if len(latent) == 2 else "unet2d")
@@ -77,6 +84,20 @@ def prior_from_config(
     return Prior(precond, fields, grid_shape, cond_fields=cond_fields, param_names=param_names,
                  normalizer=normalizer, representation=representation, problem=problem,
                  sigma_min=sigma_min, sigma_max=sigma_max)
+
+
+def _field_dims(problem: Any, fields: Sequence[str]) -> tuple[str, ...] | None:
+    """Names of the grid axes of ``fields`` of ``problem`` (a ``PDE`` or its config), or ``None``."""
+    if problem is None:
+        return None
+    if isinstance(problem, Mapping):
+        from .. import pdes
+
+        problem = pdes.get(problem["name"], problem["resolution"], **problem.get("parameters", {}))
+    names = {tuple(problem.field(n).dims) for n in fields}
+    if len(names) > 1:
+        raise ValueError(f"the fields {list(fields)} of {problem.name!r} name their axes differently: {sorted(names)}")
+    return names.pop()
 
 
 def prior_from_dataset(
@@ -108,5 +129,7 @@ def prior_from_dataset(
     data = torch.stack([dataset[i][idx] for i in range(n)]) if n else None
     info = getattr(dataset, "info", None)
     kwargs.setdefault("problem", getattr(info, "config", None))
+    if hasattr(info, "field") and "dims" not in kwargs:
+        kwargs["dims"] = tuple(info.field(fields[0]).dims)
     return prior_from_config(model, fields=fields, grid_shape=dataset.field_shape, cond_fields=cond_fields,
                              param_names=param_names, normalizer=dataset.normalizer, data=data, **kwargs)

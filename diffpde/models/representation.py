@@ -4,10 +4,13 @@
 field names); ``z`` is what the network sees. ``decode`` is differentiable so that observation
 and PDE losses on physical fields can guide sampling in ``z``.
 
-Only :class:`Identity` (pixel-space diffusion, as in DiffusionPDE) exists now. A wavelet
-representation of whole trajectories (WDNO) and a trained autoencoder (latent diffusion, as in
-Text2PDE) come later: each registers itself (``@register("representation", name)``) and
-records its arguments (``@register_to_config``), so ``build("representation", config)`` finds it.
+:class:`Identity` gives pixel-space diffusion (DiffusionPDE); :class:`~.wavelet.Wavelet` the
+wavelet coefficients of whole trajectories (WDNO); a trained autoencoder (latent diffusion, as
+in Text2PDE) comes later. Each registers itself (``@register("representation", name)``) and
+records its arguments (``@register_to_config``), so ``build("representation", config)`` finds
+it. A fresh prior calls :meth:`Representation.fit` with the fields' shape, the names of their
+grid axes and the normalised training data, so a representation can measure what it needs
+(the wavelet's subband statistics) and record it in its config.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ class Representation(Configurable, nn.Module):
     def latent_shape(self, field_shape: Sequence[int]) -> tuple[int, ...]:
         """Shape of one ``z`` (without batch) for fields of shape ``[C, *grid]``."""
         raise NotImplementedError
+
+    #: whether :meth:`fit` needs the names of the grid axes (``dims``) it was not given yet.
+    needs_dims: bool = False
+
+    def fit(self, field_shape: Sequence[int], data: Tensor | None = None, dims: Sequence[str] | None = None) -> None:
+        """Adapt to the fields of a fresh prior: their shape ``(C, *grid)``, normalised training
+        samples ``[N, C, *grid]`` (or ``None``) and the names of the grid axes. Identity needs nothing."""
 
 
 @register("representation", "identity")
