@@ -6,6 +6,7 @@
 - :mod:`.precond`: ``EDMPrecond``, ``VPPrecond``, ``VEPrecond``, ``FlowPrecond`` turn a network
   ``net(x_in, c_noise, cond=None, params=None)`` into a denoiser ``D(x, sigma) -> x0_hat``.
 - :mod:`.unet` / :mod:`.unet1d`: ``UNet2D`` (diffusers) and ``UNet1D`` (our own).
+- :mod:`.dit`: ``DiT``, a diffusion transformer on 1D, 2D and 3D grids (adaLN-Zero, cross-attention).
 - :mod:`.representation`: ``Identity``; :mod:`.wavelet`: ``Wavelet`` (WDNO's wavelet coefficients).
 - :mod:`.prior`: ``Prior``, the self-describing bundle; :mod:`.construct` makes fresh priors from a
   model config or a dataset, :mod:`.persistence` saves and loads them (safetensors + JSON,
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+from .dit import DiT
 from .precond import EDMPrecond, FlowPrecond, Preconditioner, VEPrecond, VPPrecond, measure_sigma_data
 from .registry import REGISTRY, Configurable, build, register, register_to_config
 from .representation import Identity, Representation
@@ -33,6 +35,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "Preconditioner", "EDMPrecond", "VPPrecond", "VEPrecond", "FlowPrecond", "measure_sigma_data",
-    "UNet2D", "UNet1D", "Representation", "Identity", "Wavelet", "REGISTRY", "Configurable", "build", "register",
+    "UNet2D", "UNet1D", "DiT", "Representation", "Identity", "Wavelet", "REGISTRY", "Configurable", "build", "register",
     "register_to_config", "Prior",
 ]
