@@ -1,7 +1,8 @@
 """``KEY=VALUE`` options from the command line, with typed values: the one parser every command uses.
 
 Values are read as, in order: an integer (``8``, ``-3``), a float (``1e2``, ``0.5``, ``inf``),
-a boolean (``true``/``false``, any case), ``null``/``none`` (``None``), a YAML flow list or mapping
+a boolean (``true``/``false``, any case), ``null``/``~``/``None`` (``None``; lowercase ``none`` stays
+the string, a value some settings take, e.g. ``train.log_with=none``), a YAML flow list or mapping
 (``[1, 2]``, ``{a: 1}``), and otherwise the string itself. YAML alone is not enough: its 1.1
 resolver reads ``1e2`` as the string ``'1e2'``.
 
@@ -33,7 +34,7 @@ def parse_value(text: str) -> Any:
     low = s.lower()
     if low in ("true", "false"):
         return low == "true"
-    if low in ("null", "none", "~"):
+    if s in ("null", "Null", "NULL", "~", "None"):
         return None
     if s and s[0] in "[{":
         import yaml

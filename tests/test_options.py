@@ -9,7 +9,7 @@ from diffpde.options import check_types, parse_key_values, parse_value
 
 @pytest.mark.parametrize("text, value", [
     ("8", 8), ("-3", -3), ("1e2", 100.0), ("0.5", 0.5), ("-1.5e-3", -1.5e-3), ("inf", math.inf),
-    ("true", True), ("False", False), ("null", None), ("none", None), ("[1, 2.5, 1e2]", [1, 2.5, 100.0]),
+    ("true", True), ("False", False), ("null", None), ("None", None), ("~", None), ("none", "none"), ("[1, 2.5, 1e2]", [1, 2.5, 100.0]),
     ("{a: 1e-3, b: x}", {"a": 1e-3, "b": "x"}), ("dirichlet", "dirichlet"), ("u:0.03", "u:0.03"), ("", ""),
 ])
 def test_values_are_typed(text, value):

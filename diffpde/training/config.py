@@ -277,10 +277,17 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive merge of mappings; ``over`` wins, lists and scalars are replaced."""
+    """Recursive merge of mappings; ``over`` wins, lists and scalars are replaced.
+
+    A mapping that names another ``type`` than the one it overrides (a DiT network over a UNet
+    one) replaces it whole: the settings of one type mean nothing to another.
+    """
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+        old = out.get(k)
+        same_type = not (isinstance(v, Mapping) and isinstance(old, Mapping)
+                         and "type" in v and "type" in old and v["type"] != old["type"])
+        out[k] = _merge(old, v) if isinstance(v, Mapping) and isinstance(old, Mapping) and same_type else v
     return out
 
 

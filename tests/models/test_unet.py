@@ -139,8 +139,8 @@ def test_network_config_round_trip(kind):
     with torch.no_grad():
         assert torch.equal(net(x, torch.zeros(b), cond=cond, params=params),
                            again.eval()(x, torch.zeros(b), cond=cond, params=params))
-    with pytest.raises(ValueError, match="unknown network type 'dit'"):
-        build("network", {"type": "dit"})
+    with pytest.raises(ValueError, match="unknown network type 'transformer'"):
+        build("network", {"type": "transformer"})
     with pytest.raises(ValueError, match="unknown config key 'widht'"):
         build("network", {**config, "widht": 3})
     with pytest.raises(ValueError, match="did you mean 'dropout'"):

@@ -86,6 +86,9 @@ def test_base_files_chain_relative_to_the_file_and_loops_are_refused(tmp_path):
     assert c.model.network == {"type": "unet2d", "layers_per_block": 2, "periodic": True}
     small = load_config(tmp_path / "family.yaml", variant="small")   # variants merge across the chain too
     assert (small.train.max_steps, small.train.batch_size) == (2, 2)
+    # a network of another type replaces the base's whole (a UNet's settings mean nothing to a DiT)
+    (tmp_path / "dit.yaml").write_text("base: shared/mid.yaml\nmodel: {network: {type: dit, depth: 2}}\n")
+    assert load_config(tmp_path / "dit.yaml").model.network == {"type": "dit", "depth": 2}
     (tmp_path / "shared" / "root.yaml").write_text("base: ../family.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
         load_config(tmp_path / "family.yaml")
