@@ -12,6 +12,10 @@ over every stored grid point (and every stored time, for the time-dependent fami
 - burgers: the Cole-Hopf solution ``u = -2 nu phi_x / phi``, ``phi`` a positive trigonometric
   polynomial decaying under ``phi_t = nu phi_xx`` (nu 0.05, 11 stored times on [0, 1]); spectral in
   space, so only the time error (~1e-8) is left.
+- burgers_dirichlet: manufactured ``u = cos(2t) sin(pi x) + 2 sin(3t) x (1 - x) e^x`` on [0, 1]
+  (zero at both ends, ``u_xx`` not zero at ``x = 1``), its forcing ``u_t + u u_x - nu u_xx`` by
+  hand (nu 0.02, 5 stored times on [0, 1]); second order in ``h``. The unforced exact solution
+  :func:`cole_hopf_dirichlet` (second order too) is in the tests.
 - navier_stokes: the Taylor-Green vortex ``w = 5 cos(2 pi m x) cos(2 pi m y) exp(-2 nu (2 pi m)^2 t)``
   (m 1, nu 0.01, forcing off, 5 stored times on [0, 1]): its advection vanishes, so the exact
   viscous decay is reproduced to round-off at every resolution.
@@ -127,6 +131,49 @@ def burgers_cole_hopf(n: int, nu: float = 0.05, nt: int = 11):
     return problem.solve(exact[0]), exact
 
 
+# -- burgers_dirichlet: manufactured solution and Cole-Hopf on [0, 1] with u = 0 at both ends -------
+
+
+def manufactured_burgers(t, x, nu):
+    """``(u, f)`` of ``u = cos(2t) sin(pi x) + 2 sin(3t) g(x)`` and ``f = u_t + u u_x - nu u_xx``, broadcasting."""
+    t, x = np.asarray(t, dtype=float), np.asarray(x, dtype=float)
+    a, da = np.cos(2 * t), -2 * np.sin(2 * t)
+    b, db = 2 * np.sin(3 * t), 6 * np.cos(3 * t)
+    s, ds, d2s = np.sin(PI * x), PI * np.cos(PI * x), -(PI**2) * np.sin(PI * x)
+    u = a * s + b * g(x)
+    u_t = da * s + db * g(x)
+    u_x = a * ds + b * dg(x)
+    u_xx = a * d2s + b * d2g(x)
+    return u, u_t + u * u_x - nu * u_xx
+
+
+def burgers_dirichlet_manufactured(n: int, nu: float = 0.02, nt: int = 5):
+    """Forced Dirichlet Burgers from the manufactured ``u0``, the forcing as a callable: ``(u, exact)``, ``[nt, n]``."""
+    problem = get("burgers_dirichlet", n, nu=nu, nt=nt, T=1.0)
+    t, x = problem.grid.coords["t"], problem.grid.coords["x"]
+    exact, _ = manufactured_burgers(t[:, None], x, nu)
+    return problem.solve(exact[0], forcing=lambda time, x: manufactured_burgers(time, x, nu)[1]), exact
+
+
+# Cole-Hopf with phi_x = 0 at both ends: phi = c + sum_k a_k cos(k pi x) exp(-nu (k pi)^2 t) > 0 gives
+# u = -2 nu phi_x / phi, zero at x = 0 and 1, an exact unforced solution.
+DIRICHLET_MODES = [(1, 1.0), (2, -0.3), (3, 0.1)]  # (k, a_k); min of the sum is -1.4 at x = 1
+
+
+def cole_hopf_dirichlet(nu, t, x, c=1.5):
+    """Exact Burgers solution on [0, 1] with ``u = 0`` at both ends, ``[len(t), len(x)]`` (see ``DIRICHLET_MODES``).
+
+    With ``c = 1.5``, ``phi >= 0.1`` at ``t = 0``: ``max|u0|`` is 1.2 for nu 0.05, a front near ``x = 1``.
+    """
+    t, x = np.asarray(t, dtype=float)[..., None], np.asarray(x, dtype=float)
+    phi, phi_x = c, 0.0
+    for k, a in DIRICHLET_MODES:
+        decay = a * np.exp(-nu * (np.pi * k) ** 2 * t)
+        phi = phi + decay * np.cos(np.pi * k * x)
+        phi_x = phi_x - decay * np.pi * k * np.sin(np.pi * k * x)
+    return -2 * nu * phi_x / phi
+
+
 # -- navier_stokes: Taylor-Green ----------------------------------------------------------------
 
 
@@ -160,6 +207,7 @@ TRUTH_CASES: dict[str, Callable[[int], tuple]] = {
     "poisson": poisson_manufactured,
     "helmholtz": helmholtz_manufactured,
     "burgers": burgers_cole_hopf,
+    "burgers_dirichlet": burgers_dirichlet_manufactured,
     "navier_stokes": navier_stokes_taylor_green,
 }
 

@@ -13,6 +13,8 @@ CASES = {
     "poisson": ("poisson", 16, {}),
     "helmholtz": ("helmholtz", 16, {}),
     "burgers": ("burgers", 16, {"nt": 9}),
+    "burgers_dirichlet": ("burgers_dirichlet", 16, {"nt": 5, "T": 0.5}),  # the rollout residual
+    "burgers_dirichlet_local": ("burgers_dirichlet", 16, {"nt": 5, "T": 0.5, "residual": "local"}),
     "navier_stokes_pair": ("navier_stokes", 16, {}),
     "navier_stokes_trajectory": ("navier_stokes", 16, {"store": "trajectory", "nt": 5}),
 }
@@ -76,10 +78,11 @@ def test_jvp_equals_finite_difference(case):
     assert torch.allclose(lhs, rhs, rtol=1e-10)
 
 
-@pytest.mark.parametrize("case", ["darcy", "poisson", "helmholtz", "burgers", "navier_stokes_trajectory"])
+@pytest.mark.parametrize("case", ["darcy", "poisson", "helmholtz", "burgers", "burgers_dirichlet_local",
+                                  "navier_stokes_trajectory"])
 def test_vmap_over_samples(case):
-    # Local residuals also vectorise; the Navier-Stokes pair's rollout chooses its steps from the
-    # state's values, which vmap cannot do (its docstring says so).
+    # Local residuals also vectorise; the rollouts (Navier-Stokes pair, Dirichlet Burgers' default)
+    # choose their steps from the state's values, which vmap cannot do (their docstrings say so).
     problem, names, xs, residual = setup(case)
     per_sample = torch.func.vmap(lambda *t: residual(*(x[None] for x in t))[0])(*xs)
     assert torch.allclose(per_sample, residual(*xs), rtol=1e-12, atol=1e-12)
