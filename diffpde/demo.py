@@ -36,7 +36,7 @@ def demo_config(resolution: int, n_train: int, train_steps: int, output_dir: Pat
             "precond": {"type": "edm", "sigma_min": 0.002, "sigma_max": 80.0},
         },
         "loss": {"type": "edm"},
-        "optim": {"lr": 1e-3, "warmup_steps": 100, "schedule": "cosine", "min_lr_ratio": 0.05, "grad_clip": 1.0},
+        "optim": {"lr": 2e-3, "warmup_steps": 100, "schedule": "cosine", "min_lr_ratio": 0.05, "grad_clip": 1.0},
         "train": {"batch_size": 16, "max_steps": train_steps, "seed": 0, "checkpoint_every": max(100, train_steps // 4),
                   "keep_checkpoints": 1, "eval_every": 0, "log_every": 50, "output_dir": str(output_dir),
                   "ema_half_life": max(50, train_steps // 10), "num_workers": 0, "log_with": "none"},
@@ -55,7 +55,7 @@ def prepare_prior(cache: Path, *, resolution: int, n_train: int, train_steps: in
     from .training.config import config_from_dict
     from .training.trainer import train
 
-    settings = {"resolution": resolution, "n_train": n_train, "train_steps": train_steps, "version": 1}
+    settings = {"resolution": resolution, "n_train": n_train, "train_steps": train_steps, "version": 2}
     root = cache / f"darcy{resolution}-{_key(settings)}"
     prior_dir = root / "prior"
     if prior_dir.is_dir() and not fresh:
@@ -70,7 +70,9 @@ def prepare_prior(cache: Path, *, resolution: int, n_train: int, train_steps: in
     root.mkdir(parents=True, exist_ok=True)
     data = root / "train.h5"
     print(f"[demo] 1/3 generating {n_train} Darcy samples at {resolution}x{resolution} -> {data}")
+    start = time.perf_counter()
     generate_dataset("darcy", n_train, data, resolution=resolution, seed=0, workers=workers)
+    print(f"[demo]     generated in {time.perf_counter() - start:.0f} s")
     print(f"[demo] 2/3 training a tiny prior for {train_steps} steps (CPU)")
     start = time.perf_counter()
     config = config_from_dict(demo_config(resolution, n_train, train_steps, root / "run", data))
@@ -85,9 +87,9 @@ def prepare_prior(cache: Path, *, resolution: int, n_train: int, train_steps: in
     return Prior.from_pretrained(prior_dir), root
 
 
-def run_demo(*, cache: Path = DEFAULT_CACHE, resolution: int = 32, n_train: int = 2000, train_steps: int = 1500,
+def run_demo(*, cache: Path = DEFAULT_CACHE, resolution: int = 32, n_train: int = 2000, train_steps: int = 1200,
              n_test: int = 4, fraction: float = 0.03, samples: int = 8, steps: int = 50, method: str = "covariance",
-             solver: str | None = None, pde_std: float | None = 1.0, workers: int = 2,
+             solver: str | None = None, pde_std: float | None = 0.5, cg_iters: int = 2, workers: int = 2,
              out: str = "diffpde_demo.png", fresh: bool = False,
              seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Run the demo and return its metrics ``{task: {field: {metric: mean}}}``."""
@@ -114,7 +116,7 @@ def run_demo(*, cache: Path = DEFAULT_CACHE, resolution: int = 32, n_train: int 
     for task, observed, wanted in (("forward", "a", "u"), ("inverse", "u", "a")):
         op = SparsePoints.random(observed, shape, fraction, seed=seed + (task == "inverse"))
         obs = Observations(op, op(truth))
-        options = {"pde_std": pde_std} if method == "covariance" and pde_std else {}
+        options = {"pde_std": pde_std, "cg_iters": cg_iters} if method == "covariance" and pde_std else {}
         post = reconstruct(prior, obs, method=method, solver=solver, steps=steps, n_samples=samples,
                            seed=seed, method_options=options, progress=progress)
         m = metrics.evaluate(post.samples, truth, binary=binary)
@@ -141,14 +143,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--train-steps", type=int, default=1500)
+    p.add_argument("--train-steps", type=int, default=1200)
     p.add_argument("--n-test", type=int, default=4)
     p.add_argument("--fraction", type=float, default=0.03, help="fraction of grid nodes observed")
     p.add_argument("--samples", type=int, default=8, help="posterior samples per instance")
     p.add_argument("--steps", type=int, default=50, help="solver steps")
     p.add_argument("--method", default="covariance")
     p.add_argument("--solver", default=None, help="default: the method's (dpmpp_2m_sde for covariance)")
-    p.add_argument("--pde-std", type=float, default=1.0,
+    p.add_argument("--cg-iters", type=int, default=2,
+                   help="covariance: conjugate-gradient iterations per step (each one vector-Jacobian product)")
+    p.add_argument("--pde-std", type=float, default=0.5,
                    help="covariance: the Darcy residual as virtual observations with this std (0: off)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where data and the trained prior are kept")
@@ -163,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_demo(cache=args.cache, resolution=args.resolution, n_train=args.n_train,
                        train_steps=args.train_steps, n_test=args.n_test, fraction=args.fraction,
                        samples=args.samples, steps=args.steps, method=args.method, solver=args.solver,
-                       pde_std=args.pde_std,
+                       pde_std=args.pde_std, cg_iters=args.cg_iters,
                        workers=args.workers, out=args.out, fresh=args.fresh)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
