@@ -133,7 +133,7 @@ def run_demo(*, cache: Path = DEFAULT_CACHE, resolution: int = 32, n_train: int 
         path = Path(out)
         for task, post, obs in figures:
             target = path.with_name(f"{path.stem}_{task}{path.suffix}")
-            plot_reconstruction(truth, post, obs, target, instance=0)
+            plot_reconstruction(truth, post, obs, target, instance=0, problem=problem)
             print(f"[demo] wrote {target}")
     return results
 
