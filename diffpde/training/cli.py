@@ -13,7 +13,7 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options shared by ``diffpde train`` and ``scripts/train.py``."""
     parser.add_argument("--config", required=True, help="YAML training config (configs/<problem>.yaml)")
-    parser.add_argument("--variant", default=None, help="a variant of the config (e.g. tiny); same as variant=NAME")
+    parser.add_argument("--variant", default=None, help="a variant of the config (e.g. tiny, or tiny+flow to merge several); same as variant=NAME")
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
                         help="resume from the newest complete checkpoint in output_dir, or from a checkpoint directory")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

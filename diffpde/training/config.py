@@ -6,7 +6,8 @@ A config file has one mapping per section (``data``, ``model``, ``loss``, ``opti
 - ``base: other.yaml``, a config (path relative to this file) that this one is merged over; bases
   may have bases. The family configs share ``configs/_base.yaml``.
 - ``variants: {name: {section: {key: value}}}``, partial configs merged over the whole when
-  selected (``--variant tiny`` or the override ``variant=tiny``).
+  selected (``--variant tiny`` or the override ``variant=tiny``); ``--variant tiny+flow`` merges
+  several, left to right.
 - ``data.generate.from: data/<problem>.yaml``: a data config (relative to the file that names it)
   whose ``resolution``, ``parameters``, ``n_train`` and ``seed`` become the generation settings;
   keys given beside ``from`` win.
@@ -385,13 +386,24 @@ def _set(raw: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _variant_names(variant: Any) -> list[str]:
+    """``"tiny+flow"`` -> ``["tiny", "flow"]``: variants named together merge left to right."""
+    if not isinstance(variant, str) or not variant.strip():
+        raise ConfigError(f"variant must be a name (or names joined by '+'), got {variant!r}")
+    names = [part.strip() for part in variant.split("+")]
+    if any(not name for name in names):
+        raise ConfigError(f"bad variant {variant!r}: an empty name between '+'")
+    return names
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), variant: str | None = None,
                 base: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (merged over its bases), merge a variant and dotted overrides; return it validated.
 
     path:      YAML file (``None``: start from ``base`` or the defaults).
     overrides: ``["train.max_steps=10", "variant=tiny", ...]``; values by :func:`diffpde.options.parse_value`.
-    variant:   name of an entry of the file's ``variants`` (the override ``variant=...`` also selects one).
+    variant:   name of an entry of the file's ``variants`` (the override ``variant=...`` also selects one);
+               several joined by ``+`` (``tiny+flow``) merge left to right.
     base:      a mapping used instead of a file.
     """
     if path is not None:
@@ -405,9 +417,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), v
     variant = next((value for keys, value in parsed if keys == ["variant"]), variant)
     try:
         if variant is not None:
-            if variant not in variants:
-                raise ConfigError(f"unknown variant {variant!r}; variants: {', '.join(variants) or 'none'}")
-            raw = _merge(raw, variants[variant] or {})
+            for name in _variant_names(variant):
+                if name not in variants:
+                    raise ConfigError(f"unknown variant {name!r}; variants: {', '.join(variants) or 'none'}")
+                raw = _merge(raw, variants[name] or {})
             raw["variant"] = variant
         for (keys, value), item in zip(parsed, overrides):
             if keys != ["variant"]:

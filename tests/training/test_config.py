@@ -220,3 +220,23 @@ def test_generation_settings_match_the_data_config(problem):
     assert tiny.data.generate["parameters"] == want["parameters"]
     assert tiny.data.generate["resolution"] == tiny.data.resolution
     pdes.get(problem, tiny.data.resolution, **tiny.data.generate["parameters"])  # valid parameters
+
+
+@pytest.mark.parametrize("problem", ["darcy", "burgers", "navier_stokes", "poisson", "helmholtz", "burgers_wdno", "darcy_dit"])
+def test_flow_variant_changes_only_the_noise_process_and_merges_with_a_size(problem):
+    """``tiny+flow``: the tiny config with flow-matching preconditioning and loss, nothing else but the run dir."""
+    tiny = load_config(CONFIGS / f"{problem}.yaml", variant="tiny").to_dict()
+    flow = load_config(CONFIGS / f"{problem}.yaml", variant="tiny+flow").to_dict()
+    assert flow["model"]["precond"]["type"] == "flow" and flow["loss"] == {"type": "flow", "options": {}}
+    assert flow["model"]["network"] == tiny["model"]["network"] and flow["data"] == tiny["data"]
+    assert flow["optim"] == tiny["optim"]
+    assert {k: v for k, v in flow["train"].items() if k != "output_dir"} == \
+        {k: v for k, v in tiny["train"].items() if k != "output_dir"}
+    assert flow["train"]["output_dir"].endswith("_flow") and flow["variant"] == "tiny+flow"
+
+
+def test_variant_names_are_checked_one_by_one():
+    with pytest.raises(ConfigError, match="unknown variant 'flwo'"):
+        load_config(CONFIGS / "darcy.yaml", variant="tiny+flwo")
+    with pytest.raises(ConfigError, match="empty name"):
+        load_config(CONFIGS / "darcy.yaml", variant="tiny+")
