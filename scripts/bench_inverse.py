@@ -173,9 +173,11 @@ def main(argv=None) -> int:
             method, options = parse_method(spec)
             solver = options.pop("solver", None) or default_solver(method)
             order = 2 if solver in ("heun", "edm") else 1  # network evaluations per step
+            if method == "ensemble":  # its own sampler: 1 + corrector_steps (1 for the default ode variant)
+                order = 1 + int(options.get("corrector_steps", options.get("variant", "ode") == "ode"))
             label = method + "".join(f" {k}={v}" for k, v in options.items())
             for nfe in [int(n) for n in args.nfe.split(",") if n]:
-                steps = (nfe + 1) // 2 if order == 2 else nfe
+                steps = (nfe + order - 1) // order
                 res = run_method(prior, args.data, task, method, steps, args.samples, args.n_test, args.batch,
                                  args.seed, options, solver=solver)
                 results.append((f"{label} {solver} {nfe}", res))

@@ -12,6 +12,7 @@ representation.
 | ``covariance`` | differentiable (linearised)   | any                   | Tweedie covariance + CG, noise-aware   |
 | ``projection`` | mask, identity representation | any                   | step-end inpainting of observed entries |
 | ``tds``        | differentiable                | its own (SMC)         | twisted sequential Monte Carlo          |
+| ``ensemble``   | differentiable                | its own (particles)   | approximation-free ensemble (AFDPS)     |
 | ``diffusionpde`` | differentiable              | Heun (DiffusionPDE's) | fixed-weight gradients, PDE term late   |
 """
 
@@ -25,6 +26,7 @@ import torch
 
 import samplers
 from samplers.covariance import CovarianceGuidance
+from samplers.ensemble import ensemble as ensemble_sampler
 from samplers.guidance import DPSGuidance, HeunStepGuidance, inpaint
 from samplers.smc import tds as tds_sampler
 
@@ -244,6 +246,60 @@ def tds(s: Setting, *, twist_scale: float = 1.0, ess_threshold: float = 0.5, inf
     return particles.reshape(b * k, *particles.shape[2:])
 
 
+def ensemble(s: Setting, *, variant: str = "ode", weights: str = "pde", path: str = "gaussian", gamma: float = 1.0,
+             ess_threshold: float = 0.5,
+             corrector_steps: int | None = None, corrector_step: float = 0.3,
+             laplacian_probes: int | None = None) -> Tensor:
+    """The approximation-free ensemble sampler (AFDPS, Chen et al. 2025) with ``K`` particles per instance;
+    returns resampled (equally weighted) particles (:func:`samplers.ensemble.ensemble`).
+
+    The particles follow ``p_sigma(z) l_sigma(z)``, the Gaussian likelihood of the observations given
+    the *noisy* state decoded, with the variance ``noise_std^2 + kappa (gamma sigma)^2`` (``kappa``: the
+    measurement's sensitivity to a unit change of the normalised field, so the noise the state carries
+    counts as measurement noise); at ``sigma = 0`` it is the true likelihood, so the path ends at the
+    posterior whatever ``gamma``; ``gamma=0`` is the paper's path, whose guided steps are stiff for
+    precise observations unless the grid is very fine at large sigma. No network backward pass: the
+    likelihood's gradient goes through the decoder and the operator only (``vjp`` 0,
+    ``likelihood_grads`` counted). ``variant``, ``weights``, ``corrector_steps`` (default 1 for ``ode``,
+    0 for ``sde``), ``corrector_step``: as in the sampler; NFE ``steps + corrector_steps * (steps - 1)``.
+    ``laplacian_probes`` (``sde`` with ``pde`` weights): default 0 where the log-likelihood is quadratic
+    (linear operator, identity representation), else 1.
+    """
+    require(s.operator, "ensemble", differentiable=True)
+    gamma = _number("ensemble gamma", gamma)
+    if s.solver_options:
+        raise ValueError(f"the ensemble method runs its own particle sampler: it takes no solver options, "
+                         f"got {sorted(s.solver_options)}")
+    b, k = s.num_instances, s.num_samples
+    if laplacian_probes is None:
+        laplacian_probes = 0 if (s.operator.linear and s.encode is not None) else 1
+    ratio = _measurement_sensitivity(s) / s.noise_std.to(s.x) ** 2 if gamma else None
+
+    if path not in ("gaussian", "noisy"):
+        raise ValueError(f"ensemble path must be 'gaussian' or 'noisy', got {path!r}")
+
+    def log_likelihood(z: Tensor, sigma: float) -> Tensor:
+        z = z.reshape(b * k, *z.shape[2:])
+        if not gamma or sigma == 0:
+            return -0.5 * s.whitened_residual(z).pow(2).sum(1).reshape(b, k)
+        var = (gamma * sigma) ** 2
+        if path == "gaussian":      # exact p(y | z_sigma) for a standard normal prior (the normalised frame)
+            z, var = z / (1 + var), var / (1 + var)
+        r = s.whitened_residual(z)
+        scale = 1.0 + ratio.to(r) * var
+        return -0.5 * (r.pow(2) / scale + scale.log()).sum(1).reshape(b, k)
+
+    x = s.x.reshape(b, k, *s.x.shape[1:])
+    result = ensemble_sampler(s.denoiser, log_likelihood, x, s.sigmas, variant=variant, weights=weights,
+                              ess_threshold=ess_threshold, laplacian_probes=laplacian_probes,
+                              corrector_steps=corrector_steps, corrector_step=corrector_step, generator=s.generator,
+                              callback=s.callback)
+    particles = result.resample(s.generator)
+    s.diagnostics.update(nfe=result.nfe, vjp=0, likelihood_grads=result.vjp_count, ess=result.ess,
+                         log_evidence=result.log_normalizer)
+    return particles.reshape(b * k, *particles.shape[2:])
+
+
 def _observation_weights(zeta_obs: Any, ops: tuple[ObservationOperator, ...], n: int) -> list:
     """DiffusionPDE's observation weight of each operator (keyed by its first field in a mapping)."""
     if not isinstance(zeta_obs, Mapping):
@@ -317,6 +373,7 @@ METHODS: dict[str, Callable[..., Tensor]] = {
     "covariance": covariance,
     "projection": projection,
     "tds": tds,
+    "ensemble": ensemble,
     "diffusionpde": diffusionpde,
 }
 
