@@ -248,6 +248,10 @@ class _Statistics:
         self.L = torch.cat([zero, (width * (self.l[1:] + self.l[:-1]) / 2).cumsum(0)])   # exact for linear l
         self.S = torch.cat([zero, (width * (self.s[1:] + self.s[:-1]) / 2).cumsum(0)])
         self.xi, self.omega = _rule(quadrature)
+        # int over each piece of exp(S_start - S_r) b_r dr: beta between nodes is a weighted sum of these
+        p = torch.arange(grid.numel() - 1)
+        _, b, _, big_s = self._at(p, self.xi.expand(p.numel(), -1))
+        self.phi = (width.unsqueeze(1) * self.omega.reshape(1, -1, 1) * torch.exp(self.S[:-1, None] - big_s) * b).sum(1)
         self._steps: dict[tuple[int, int], dict] = {}
 
     def _at(self, p: Tensor, theta: Tensor):
@@ -263,18 +267,10 @@ class _Statistics:
         b = (1 - t) * self.b[sel] + t * self.b[(p + 1,) + sel[1:]]
         return lam, b, big_l, big_s
 
-    def _phi_integral(self, base: int, lo: int, hi: int) -> Tensor:
-        """``int_{grid[lo]}^{grid[hi]} exp(S_base - S_r) b_r dr`` over whole pieces (``lo <= hi``): [d]."""
-        p = torch.arange(lo, hi)
-        if p.numel() == 0:
-            return torch.zeros_like(self.l[0])
-        _, b, _, big_s = self._at(p, self.xi.expand(p.numel(), -1))
-        w = (self.grid[p + 1] - self.grid[p]).reshape(-1, 1, 1)
-        return (w * self.omega.reshape(1, -1, 1) * torch.exp(self.S[base] - big_s) * b).sum((0, 1))
-
     def beta(self, a: int, j: int) -> Tensor:
-        """``beta`` at grid node ``j`` for the expansion about node ``a``."""
-        return self._phi_integral(a, a, j) if j >= a else -self._phi_integral(a, j, a)
+        """``beta`` at grid node ``j`` for the expansion about node ``a``: ``int_a^j exp(S_a - S_r) b_r dr``."""
+        lo, hi, sign = (a, j, 1.0) if j >= a else (j, a, -1.0)
+        return sign * (torch.exp(self.S[a] - self.S[lo:hi]) * self.phi[lo:hi]).sum(0)
 
     def growth(self, a: int, j: int) -> Tensor:
         """``exp(S_a - S_j)``."""
@@ -293,8 +289,7 @@ class _Statistics:
         _, b_in, _, s_in = self._at(p, xi.reshape(1, -1, 1) * xi.reshape(1, 1, -1).expand(p.numel(), -1, -1))
         phi_in = torch.exp(self.S[a] - s_in) * b_in                                       # [P, m, m, d]
         partial = w * xi.reshape(1, -1, 1) * (om.unsqueeze(1) * phi_in).sum(2)            # [P, m, d]
-        _, b_out, _, s_out = self._at(p, xi.expand(p.numel(), -1))
-        whole = (w * om * torch.exp(self.S[a] - s_out) * b_out).sum(1)                    # [P, d]
+        whole = torch.exp(self.S[a] - self.S[a:c]) * self.phi[a:c]                        # [P, d]
         before = torch.cat([torch.zeros_like(whole[:1]), whole.cumsum(0)[:-1]])
         beta = before.unsqueeze(1) + partial
         offset = (lam - self.grid[a]).unsqueeze(-1)
