@@ -241,20 +241,28 @@ def learned(denoiser, x, sigmas=None, *, params: LearnedSolver | None = None, ho
 class _Parameters(torch.nn.Module):
     """The trainable form: grid logits, weight offsets from the base solver, log shifts.
 
-    ``log s_i = log s_max - (log s_max - log s_min) * cumsum(g)_(i-1)`` with the gaps
-    ``g = m + (1 - (n - 1) m) softmax(u)`` (``m = MIN_GAP``) keeps the grid strictly decreasing from ``s_max``
-    to ``s_min`` (then 0) for any ``u``; weights are ``base_weights(grid) + delta``
+    ``log s_i = log s_max - log(s_max / s_floor) * cumsum(g)_(i-1)``, ``i = 1 .. n-1``, with the gaps
+    ``g_k = m + (1 - (n - 1) m) softmax(u)_k`` (``m = MIN_GAP``, ``u`` has ``n`` entries: the last one is the
+    rest from ``s_(n-1)`` down to ``s_floor``) keeps the grid strictly decreasing from ``s_max`` to a last level
+    in ``[s_floor, s_max)``, then 0, for any ``u``. A last level at the floor starts (and in practice stays)
+    there. Weights are ``base_weights(grid) + delta``
     (``delta = 0`` at the start: the fit starts at the base solver on the initial grid).
     """
 
-    def __init__(self, init: LearnedSolver, learn: set[str]) -> None:
+    def __init__(self, init: LearnedSolver, learn: set[str], sigma_floor: float | None = None) -> None:
         super().__init__()
         s = init.sigmas
         self.base, self.n, self.k = init.base, init.nfe, init.history
-        self.s_max, self.s_min = float(s[0]), float(s[-2])
-        self.log_max, self.log_min = math.log(self.s_max), math.log(self.s_min)
-        gaps = (torch.log(s[:-2]) - torch.log(s[1:-1])) / (self.log_max - self.log_min)  # [n - 1] fractions
-        shares = ((gaps - MIN_GAP) / (1 - (self.n - 1) * MIN_GAP)).clamp_min(1e-12)
+        self.s_max = float(s[0])
+        self.s_floor = float(s[-2]) if sigma_floor is None else float(sigma_floor)
+        if not 0 < self.s_floor <= float(s[-2]):
+            raise ValueError(f"sigma_floor={self.s_floor:g} must be in (0, {float(s[-2]):g}], the initial grid's last level")
+        self.log_max, self.log_floor = math.log(self.s_max), math.log(self.s_floor)
+        span = max(self.log_max - self.log_floor, 1e-300)
+        # shares of log(s_max / s_floor): the n - 1 steps between positive levels, then the rest down to the floor
+        gaps = torch.cat([torch.log(s[:-2]) - torch.log(s[1:-1]), torch.log(s[-2:-1]) - self.log_floor]) / span
+        gaps[:-1] -= MIN_GAP
+        shares = (gaps / (1 - (self.n - 1) * MIN_GAP)).clamp_min(1e-12)
         self.logits = torch.nn.Parameter(torch.log(shares), requires_grad="sigmas" in learn)
         offsets = init.weights - base_weights(s, init.base, init.history)
         self.delta = torch.nn.Parameter(offsets.clone(), requires_grad="weights" in learn)
@@ -265,11 +273,9 @@ class _Parameters(torch.nn.Module):
     def grid(self) -> Tensor:
         if self.n == 1:
             return torch.tensor([self.s_max, 0.0], dtype=F64)
-        gaps = MIN_GAP + (1 - (self.n - 1) * MIN_GAP) * torch.softmax(self.logits, 0)
-        frac = torch.cumsum(gaps, 0)[:-1]
-        inner = torch.exp(self.log_max - (self.log_max - self.log_min) * frac)
-        ends = torch.tensor([self.s_max], dtype=F64), torch.tensor([self.s_min, 0.0], dtype=F64)
-        return torch.cat([ends[0], inner, ends[1]])
+        gaps = MIN_GAP + (1 - (self.n - 1) * MIN_GAP) * torch.softmax(self.logits, 0)[:-1]
+        levels = torch.exp(self.log_max - (self.log_max - self.log_floor) * torch.cumsum(gaps, 0))
+        return torch.cat([torch.tensor([self.s_max], dtype=F64), levels, torch.zeros(1, dtype=F64)])
 
     def solver(self, shape, info=None) -> LearnedSolver:
         with torch.no_grad():
@@ -280,9 +286,10 @@ class _Parameters(torch.nn.Module):
     def forward(self, denoiser: Denoiser, x: Tensor) -> Tensor:
         """The unrolled solver, differentiable in the parameters (and in ``x``)."""
         grid = self.grid()
-        weights = (base_weights(grid, self.base, self.k) + self.delta * self.mask).to(x.dtype)
-        sig = (grid[:-1] * torch.exp(self.tau)).to(x.dtype)
-        ratios = (grid[1:] / grid[:-1]).to(x.dtype)
+        to = {"dtype": x.dtype, "device": x.device}
+        weights = (base_weights(grid, self.base, self.k) + self.delta * self.mask).to(**to)
+        sig = (grid[:-1] * torch.exp(self.tau)).to(**to)
+        ratios = (grid[1:] / grid[:-1]).to(**to)
         history = []
         for i in range(self.n):
             denoised = denoiser(x, sig[i].expand(x.shape[0]))
@@ -324,9 +331,10 @@ def fit_learned_solver(
         noise:       ``[N, ...]`` unit-normal fit noises; the solver starts from ``sigma_max * noise``.
         reference:   ``[N, ...]`` the ODE's end points from those starts (a fine solve of the same ODE).
         nfe:         network evaluations = steps of the learned solver.
-        sigma_min, sigma_max: the grid's range (the last positive level is ``sigma_min``).
-        init_sigmas: the initial grid (``nfe + 1`` entries from ``sigma_max`` to ``sigma_min``, then 0), e.g.
-                     :func:`samplers.tuning.optimized_sigmas`; default Karras (rho 7).
+        sigma_min, sigma_max: the grid's range: it starts at ``sigma_max``; its last positive level is learned
+                     in ``[sigma_min, sigma_max)`` (a start at ``sigma_min`` stays there in practice).
+        init_sigmas: the initial grid (``nfe + 1`` entries from ``sigma_max`` down to a level >= ``sigma_min``, then
+                     0), e.g. :func:`samplers.tuning.optimized_sigmas`; default Karras (rho 7) to ``sigma_min``.
         base:        the solver the fit starts from: ``dpmpp_2m`` (default), ``dpmpp_3m`` or ``euler``.
         history:     weights per step (denoised values combined); default ``max(base order, 3)``.
         learn:       which parts to fit: any of ``sigmas`` (the grid), ``weights``, ``shifts``.
@@ -363,9 +371,9 @@ def fit_learned_solver(
     if init.nfe != nfe:
         raise ValueError(f"init_sigmas has {init.nfe} steps, nfe is {nfe}")
     positive = init.sigmas[:-1]
-    if not (math.isclose(float(positive[0]), sigma_max, rel_tol=1e-9) and math.isclose(float(positive[-1]), sigma_min, rel_tol=1e-9)):
-        raise ValueError(f"init_sigmas must run from sigma_max={sigma_max:g} to sigma_min={sigma_min:g}, then 0; "
-                         f"got {float(positive[0]):g} .. {float(positive[-1]):g}")
+    if not (math.isclose(float(positive[0]), sigma_max, rel_tol=1e-9) and float(positive[-1]) >= sigma_min * (1 - 1e-9)):
+        raise ValueError(f"init_sigmas must start at sigma_max={sigma_max:g} and stay >= sigma_min={sigma_min:g} "
+                         f"before its final 0; got {float(positive[0]):g} .. {float(positive[-1]):g}")
 
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(noise.shape[0], generator=gen)
@@ -373,7 +381,7 @@ def fit_learned_solver(
     val_idx, train_idx = order[:n_val], order[n_val:]
     if train_idx.numel() == 0:
         raise ValueError("no fit noises left for training after the validation split")
-    params = _Parameters(init, set(learn))
+    params = _Parameters(init, set(learn), min(sigma_min, float(positive[-1])))
     groups = [{"params": [params.logits], "lr": 5 * lr}, {"params": [params.delta, params.tau], "lr": lr}]
     optimiser = torch.optim.Adam(groups)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
