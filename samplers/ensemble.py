@@ -68,7 +68,7 @@ def feynman_kac_rate(variant: str, score: Tensor, grad: Tensor, laplacian: Tenso
 @torch.no_grad()
 def ensemble(denoiser: Denoiser, log_likelihood: LogLikelihood, x: Tensor, sigmas: Sequence[float] | Tensor, *,
              variant: str = "sde", weights: str = "pde", order: int = 2, ess_threshold: float = 0.5, laplacian_probes: int = 1,
-             corrector_steps: int | None = None, corrector_step: float = 0.3, generator: torch.Generator | None = None,
+             corrector_steps: int | None = None, corrector_step: float = 0.1, generator: torch.Generator | None = None,
              callback: Callable[[dict], object] | None = None, stats: dict | None = None) -> EnsembleResult:
     """Approximation-free ensemble sampler: ``K`` weighted particles per instance for ``p(x0 | y)``.
 
@@ -191,7 +191,7 @@ def ensemble(denoiser: Denoiser, log_likelihood: LogLikelihood, x: Tensor, sigma
                 decay = -math.expm1(-2 * h)
                 mean_p, mean_q = x0, guided
                 if order == 2 and old_x0 is not None:
-                    c = 0.5 * decay * h / h_last
+                    c = 0.5 * h / h_last
                     mean_p, mean_q = x0 + c * (x0 - old_x0), guided + c * (guided - old_guided)
                 tau = sigma_next * math.sqrt(decay)
                 z = randn_like(x, generator)
@@ -203,7 +203,7 @@ def ensemble(denoiser: Denoiser, log_likelihood: LogLikelihood, x: Tensor, sigma
                 decay = -math.expm1(-h)
                 mean_p = x0
                 if order == 2 and old_x0 is not None:
-                    mean_p = x0 + 0.5 * decay * h / h_last * (x0 - old_x0)
+                    mean_p = x0 + 0.5 * h / h_last * (x0 - old_x0)
                 x = (1 - decay) * x + decay * mean_p
             old_x0, old_guided, h_last = x0, guided, h
             if weights == "pde":
