@@ -173,8 +173,8 @@ def main(argv=None) -> int:
             method, options = parse_method(spec)
             solver = options.pop("solver", None) or default_solver(method)
             order = 2 if solver in ("heun", "edm") else 1  # network evaluations per step
-            if method == "ensemble":  # its own sampler: 1 + corrector_steps (1 for the default ode variant)
-                order = 1 + int(options.get("corrector_steps", options.get("variant", "ode") == "ode"))
+            if method == "ensemble":  # its own sampler: 1 + corrector_steps (default 1 for variant=ode, else 0)
+                order = 1 + int(options.get("corrector_steps", options.get("variant") == "ode"))
             label = method + "".join(f" {k}={v}" for k, v in options.items())
             for nfe in [int(n) for n in args.nfe.split(",") if n]:
                 steps = (nfe + order - 1) // order
