@@ -22,14 +22,15 @@ normalised weights). The ODE variant moves with the prior's probability-flow ODE
 ``q_sigma``. Resampling (systematic, when the effective sample size falls below a threshold) is the
 birth-death of the particles.
 
-Discretisation (``Delta = sigma^2 - sigma_next^2``, ``r = sigma_next^2 / sigma^2``): the prior part of the
-SDE step is the ancestral step ``x0_hat + r (x - x0_hat) + tau z``, ``tau^2 = r Delta`` (exact for Gaussian
-data, where the paper's Euler-Maruyama step is not), the likelihood adds ``Delta grad log l(x)``; the
-weights are the paper's explicit Euler increment ``Delta * rate`` at the old state (``weights="pde"``), or
-the exact importance weight of the discrete chain, ``N(x'; m, tau^2) / N(x'; m + Delta grad log l, tau^2)
-* l_sigma'(x') / l_sigma(x)`` (``weights="pathwise"``, its continuous-time limit is the same Feynman-Kac
-weight; it needs no Laplacian and is consistent at any step count for the chain's posterior). The step to
-sigma = 0 returns ``x0_hat`` weighted by ``l(x0_hat) / l_sigma(x)``.
+Discretisation (``Delta = sigma^2 - sigma_next^2``): the guided reverse SDE is the plain one with the
+denoiser ``x0_hat + sigma^2 grad log l``, stepped by DPM-Solver++(2M) SDE (``order=2``) or the ancestral step
+(``order=1``) where the paper uses Euler-Maruyama (with ``l = 1`` the particles are exactly those of
+``dpmpp_2m_sde`` and ``euler_ancestral``); the ODE variant steps with DPM-Solver++(2M) or DDIM. The weights are the paper's explicit Euler increment ``Delta * rate`` at the old state
+(``weights="pde"``), or the exact importance weight of the discrete chain, the ratio of the unguided and the
+guided transition densities times ``l_sigma'(x') / l_sigma(x)`` (``weights="pathwise"``: its continuous-time
+limit is the same Feynman-Kac weight; it needs no Laplacian). Langevin correctors (``corrector_steps``) move
+the particles at fixed weights, towards ``q_sigma_next``. The step to sigma = 0 returns ``x0_hat``, weighted
+by ``l(x0_hat) / l_sigma(x)``.
 """
 
 from __future__ import annotations
@@ -86,18 +87,21 @@ def ensemble(denoiser: Denoiser, log_likelihood: LogLikelihood, x: Tensor, sigma
         variant:         ``"sde"`` (guided reverse SDE) or ``"ode"`` (probability-flow ODE + Langevin correctors).
         weights:         ``"pde"`` (the paper's Euler increment of the Feynman-Kac rate) or ``"pathwise"`` (the
                          exact importance weight of the discrete chain; ``"sde"`` only).
+        order:           2 (DPM-Solver++(2M), SDE or ODE) or 1 (ancestral step / DDIM) for the transport.
         ess_threshold:   resample an instance when its ESS falls below ``ess_threshold * K`` (0 never, 1 always).
         laplacian_probes: Rademacher probes of the Hutchinson estimate of ``lap(log l)`` (``"sde"`` with
                          ``"pde"`` weights only); 0 treats it as constant, exact for linear-Gaussian observations.
-        corrector_steps, corrector_step: Langevin steps on ``q_sigma_next`` after each ``"ode"`` step (each one
-                         denoiser evaluation) with step size ``corrector_step * sigma_next^2``.
+        corrector_steps, corrector_step: unadjusted Langevin steps on ``q_sigma_next`` after each step to
+                         ``sigma_next > 0`` (each one denoiser evaluation) with step size
+                         ``corrector_step * sigma_next^2``; default 1 for ``"ode"`` (its particles need them to
+                         separate after resampling), 0 for ``"sde"``.
         generator:       source of the noise, the probes and the resampling offsets.
         callback:        ``callback(info)`` after each step with ``step, sigma, sigma_next, x [B, K, ...],
                          denoised, log_weights, ess, nfe``.
         stats:           dict receiving ``nfe``, ``steps`` and ``vjp_count`` (likelihood gradients).
     Returns an :class:`EnsembleResult`; ``result.mean()`` is the weighted posterior mean and
     ``result.log_normalizer`` estimates ``log E_prior[l(x0)]`` (the evidence up to the likelihood's constant).
-    NFE: one per step (the last costs none) plus ``corrector_steps`` per ``"ode"`` step to ``sigma > 0``.
+    NFE: one per step plus ``corrector_steps`` per step to ``sigma > 0``.
     """
     if x.ndim < 2:
         raise ValueError(f"x must hold particles as [B, K, ...], got shape {tuple(x.shape)}")
