@@ -57,7 +57,8 @@ class LearnedSolver:
     Fields:
         sigmas:     ``[n + 1]`` float64 grid from ``sigma_max`` to ``sigma_min``, then 0 (strictly decreasing).
         weights:    ``[n, history]`` float64; ``weights[i, j]`` multiplies ``D_(i-j)`` in step ``i``
-                    (entries with ``j > i`` are unused and kept 0).
+                    (entries with ``j > i`` are unused and kept 0); or ``[n, history, C]``: one weight per
+                    channel (axis 1 of the state), for fields whose channels move differently.
         log_shifts: ``[n]`` float64 ``tau_i``: step ``i`` evaluates the denoiser at ``sigmas[i] * exp(tau_i)``.
         base:       the solver it was initialised from (``euler``, ``dpmpp_2m``, ``dpmpp_3m``).
         shape:      event shape it was fitted for (``None``: any).
@@ -76,8 +77,9 @@ class LearnedSolver:
         n = self.sigmas.numel() - 1
         self.weights = torch.as_tensor(self.weights, dtype=F64).detach().cpu()
         self.log_shifts = torch.as_tensor(self.log_shifts, dtype=F64).detach().cpu().flatten()
-        if self.weights.ndim != 2 or self.weights.shape[0] != n or self.weights.shape[1] < 1:
-            raise ValueError(f"weights must be [{n}, history] for a grid of {n} steps, got {tuple(self.weights.shape)}")
+        if self.weights.ndim not in (2, 3) or self.weights.shape[0] != n or 0 in self.weights.shape:
+            raise ValueError(f"weights must be [{n}, history] or [{n}, history, channels] for a grid of {n} steps, "
+                             f"got {tuple(self.weights.shape)}")
         if self.log_shifts.numel() != n:
             raise ValueError(f"log_shifts must have {n} entries (one per step), got {self.log_shifts.numel()}")
         if not (torch.isfinite(self.weights).all() and torch.isfinite(self.log_shifts).all()):
@@ -94,6 +96,11 @@ class LearnedSolver:
     @property
     def history(self) -> int:
         return self.weights.shape[1]
+
+    @property
+    def channels(self) -> int | None:
+        """Channels with their own weights (``None``: one weight for the whole state)."""
+        return self.weights.shape[2] if self.weights.ndim == 3 else None
 
     @classmethod
     def initial(cls, sigmas: Sequence[float] | Tensor, base: str = "dpmpp_2m", history: int | None = None,
@@ -120,7 +127,7 @@ class LearnedSolver:
 
     def metadata(self) -> dict:
         positive = self.sigmas[self.sigmas > 0]
-        return {"kind": KIND, "nfe": self.nfe, "base": self.base, "history": self.history,
+        return {"kind": KIND, "nfe": self.nfe, "base": self.base, "history": self.history, "channels": self.channels,
                 "sigma_max": float(positive[0]), "sigma_min": float(positive[-1]),
                 "shape": None if self.shape is None else list(self.shape), "info": self.info}
 
@@ -206,6 +213,13 @@ def base_weights(sigmas: Tensor, base: str, history: int, lower_order_final: boo
 # the update, shared by the sampler and the fit
 
 
+def _per_channel(weights: Tensor, x: Tensor) -> Tensor:
+    """``[..., C]`` weights shaped to broadcast over the channel axis 1 of ``x`` (``[..., 1, C, 1, ...]``)."""
+    if x.ndim < 2 or x.shape[1] != weights.shape[-1]:
+        raise ValueError(f"per-channel weights for {weights.shape[-1]} channels, state of shape {tuple(x.shape)}")
+    return weights.reshape(*weights.shape[:-1], 1, weights.shape[-1], *(1,) * (x.ndim - 2))
+
+
 def _update(x: Tensor, history: Sequence[Tensor], ratio, weights) -> Tensor:
     """``ratio x + (1 - ratio) sum_j weights[j] history[j]`` (``history`` most recent first)."""
     combined = weights[0] * history[0]
@@ -224,7 +238,11 @@ def learned(denoiser, x, sigmas=None, *, params: LearnedSolver | None = None, ho
     if params.shape is not None and tuple(x.shape[1:]) != params.shape:
         raise ValueError(f"learned solver was fitted for samples of shape {params.shape}, got {tuple(x.shape[1:])}")
     run = Run(denoiser, x, params.check_grid(sigmas), hooks=hooks, callback=callback, stats=stats)
-    weights, shifts = params.weights.tolist(), params.log_shifts.tolist()
+    shifts = params.log_shifts.tolist()
+    if params.channels is None:
+        weights = params.weights.tolist()
+    else:
+        weights = _per_channel(params.weights.to(device=x.device, dtype=x.dtype), x)
     history = []  # denoised values, most recent first
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma * math.exp(shifts[i]))
@@ -252,7 +270,7 @@ class _Parameters(torch.nn.Module):
     def __init__(self, init: LearnedSolver, learn: set[str], sigma_floor: float | None = None) -> None:
         super().__init__()
         s = init.sigmas
-        self.base, self.n, self.k = init.base, init.nfe, init.history
+        self.base, self.n, self.k, self.channels = init.base, init.nfe, init.history, init.channels
         self.s_max = float(s[0])
         self.s_floor = float(s[-2]) if sigma_floor is None else float(sigma_floor)
         if not 0 < self.s_floor <= float(s[-2]):
@@ -264,11 +282,16 @@ class _Parameters(torch.nn.Module):
         gaps[:-1] -= MIN_GAP
         shares = (gaps / (1 - (self.n - 1) * MIN_GAP)).clamp_min(1e-12)
         self.logits = torch.nn.Parameter(torch.log(shares), requires_grad="sigmas" in learn)
-        offsets = init.weights - base_weights(s, init.base, init.history)
+        offsets = init.weights - self._base(s)
         self.delta = torch.nn.Parameter(offsets.clone(), requires_grad="weights" in learn)
         self.tau = torch.nn.Parameter(init.log_shifts.clone(), requires_grad="shifts" in learn)
         i, j = torch.meshgrid(torch.arange(self.n), torch.arange(self.k), indexing="ij")
-        self.register_buffer("mask", (j <= i).to(F64))                  # weights on existing history only
+        mask = (j <= i).to(F64)                                           # weights on existing history only
+        self.register_buffer("mask", mask if self.channels is None else mask[..., None])
+
+    def _base(self, grid: Tensor) -> Tensor:
+        w = base_weights(grid, self.base, self.k)
+        return w if self.channels is None else w[..., None].expand(-1, -1, self.channels)
 
     def grid(self) -> Tensor:
         if self.n == 1:
@@ -280,14 +303,16 @@ class _Parameters(torch.nn.Module):
     def solver(self, shape, info=None) -> LearnedSolver:
         with torch.no_grad():
             grid = self.grid()
-            weights = (base_weights(grid, self.base, self.k) + self.delta * self.mask)
+            weights = self._base(grid) + self.delta * self.mask
             return LearnedSolver(grid, weights, self.tau.detach().clone(), self.base, shape, dict(info or {}))
 
     def forward(self, denoiser: Denoiser, x: Tensor) -> Tensor:
         """The unrolled solver, differentiable in the parameters (and in ``x``)."""
         grid = self.grid()
         to = {"dtype": x.dtype, "device": x.device}
-        weights = (base_weights(grid, self.base, self.k) + self.delta * self.mask).to(**to)
+        weights = (self._base(grid) + self.delta * self.mask).to(**to)
+        if self.channels is not None:
+            weights = _per_channel(weights, x)
         sig = (grid[:-1] * torch.exp(self.tau)).to(**to)
         ratios = (grid[1:] / grid[:-1]).to(**to)
         history = []
@@ -313,6 +338,7 @@ def fit_learned_solver(
     init_sigmas: Sequence[float] | Tensor | None = None,
     base: str = "dpmpp_2m",
     history: int | None = None,
+    per_channel: bool = False,
     learn: Sequence[str] = ("sigmas", "weights", "shifts"),
     steps: int = 100,
     lr: float = 0.01,
@@ -337,6 +363,7 @@ def fit_learned_solver(
                      0), e.g. :func:`samplers.tuning.optimized_sigmas`; default Karras (rho 7) to ``sigma_min``.
         base:        the solver the fit starts from: ``dpmpp_2m`` (default), ``dpmpp_3m`` or ``euler``.
         history:     weights per step (denoised values combined); default ``max(base order, 3)``.
+        per_channel: one weight per channel (axis 1) instead of one per step and history entry.
         learn:       which parts to fit: any of ``sigmas`` (the grid), ``weights``, ``shifts``.
         steps:       Adam iterations (cosine-decayed learning rate ``lr``; the grid logits get ``5 lr``).
         batch_size:  fit noises per iteration (minibatches drawn without replacement, epoch by epoch).
@@ -368,6 +395,9 @@ def fit_learned_solver(
     if init_sigmas is None:
         init_sigmas = karras(nfe, sigma_min, sigma_max, rho=7.0)
     init = LearnedSolver.initial(init_sigmas, base, history, noise.shape[1:])
+    if per_channel:
+        init = LearnedSolver(init.sigmas, init.weights[..., None].expand(-1, -1, noise.shape[1]).clone(),
+                             init.log_shifts, base, init.shape)
     if init.nfe != nfe:
         raise ValueError(f"init_sigmas has {init.nfe} steps, nfe is {nfe}")
     positive = init.sigmas[:-1]
@@ -438,7 +468,8 @@ def fit_learned_solver(
         best_step = steps
     info = {"init_val_rms": init_val, "val_rms": best_val, "best_step": best_step, "fit_seconds": time.perf_counter() - t0,
             "train_rms": train_rms[-10:], "steps": steps, "lr": lr, "batch_size": batch_size, "n_train": int(train_idx.numel()),
-            "n_val": n_val, "learn": sorted(learn), "slack": slack, "seed": seed}
+            "n_val": n_val, "learn": sorted(learn), "slack": slack, "seed": seed, "per_channel": per_channel,
+            "sigma_floor": params.s_floor}
     return params.solver(tuple(noise.shape[1:]), info)
 
 

@@ -84,6 +84,30 @@ def test_fit_path_is_the_sampler():
     assert (samplers.sample(den, x, solver.sigmas, solver="learned", params=solver) - unrolled).abs().max() < 1e-12
 
 
+def test_per_channel_weights():
+    """Equal per-channel weights are the shared solver; the per-channel fit path is the sampler."""
+    den = mixture()                                                              # states [B, 2, 3]: 2 channels
+    x = S_MAX * noise(8, den.shape, seed=0)
+    shared = LearnedSolver.initial(schedules.karras(4, S_MIN, S_MAX))
+    split = LearnedSolver(shared.sigmas, shared.weights[..., None].repeat(1, 1, 2), shared.log_shifts)
+    assert split.channels == 2 and split.metadata()["channels"] == 2
+    run = lambda s, z=x: samplers.sample(den, z, s.sigmas, solver="learned", params=s)  # noqa: E731
+    assert (run(split) - run(shared)).abs().max() < 1e-14
+    with pytest.raises(ValueError, match="channels"):
+        run(split, torch.zeros(2, 3, 2, dtype=F64))
+    params = _Parameters(split, {"weights"})
+    with torch.no_grad():
+        params.delta.add_(0.2 * torch.randn(params.delta.shape, generator=torch.Generator().manual_seed(0), dtype=F64))
+        unrolled = params(den, x)
+    fitted = params.solver(den.shape)
+    assert not torch.equal(fitted.weights[..., 0], fitted.weights[..., 1])
+    assert (run(fitted) - unrolled).abs().max() < 1e-12
+    fit = noise(8, den.shape, seed=2)
+    out = fit_learned_solver(den, fit, reference(den, S_MAX * fit, (S_MAX, S_MIN)), nfe=3, sigma_min=S_MIN,
+                             sigma_max=S_MAX, steps=4, val_fraction=0, per_channel=True)
+    assert out.weights.shape == (3, 3, 2) and out.info["per_channel"]
+
+
 def test_grid_stays_valid_for_any_logits():
     start = schedules.karras(8, S_MIN, S_MAX)
     params = _Parameters(LearnedSolver.initial(start), {"sigmas"}, sigma_floor=float(start[-2]))
