@@ -30,10 +30,14 @@ last points (multistep; exact Taylor fit, or divided differences with ``pseudo``
 points; the corrector (UniPC-style, the paper's) repeats the step with the denoiser value at the new point and the
 same order, on the state the step-end hooks returned (``x_hooked + corrector - predictor``), and that value is
 reused by the next step (one network evaluation per step). Between the EMS nodes ``l, s, b`` are linear in
-``lambda``; ``L, S`` are integrated exactly and the rest with 4-point Gauss-Legendre per piece
-(``quadrature="gauss"``), or with the reference implementation's trapezoidal rule on the nodes
-(``quadrature="trapezoid"``). The reference rounds the sampling times to the EMS grid; here grid points between
-EMS nodes are inserted into it. The step to ``sigma = 0`` returns ``D`` (first order, as every solver here).
+``lambda``; ``L, S`` are integrated exactly, the rest with 5-point Gauss-Legendre per piece and ``beta`` inside a
+piece by integrating the interpolant through those nodes (``quadrature="gauss"``), or with the reference
+implementation's trapezoidal rule on the nodes (``quadrature="trapezoid"``). The reference rounds the sampling
+times to the EMS grid; here grid points between EMS nodes are inserted into it. Because ``l'`` jumps at the nodes,
+the Taylor fits of ``g`` meet kinks: the solver keeps its order only while the EMS grid is finer than its steps
+(on the Gaussian tests an error floor near 1e-6 relative with 100 intervals, none visible with 2000). The
+coefficients cost ``O(nodes x 5 x dims)`` per call, independent of the batch. The step to ``sigma = 0``
+returns ``D`` (first order, as every solver here).
 """
 
 from __future__ import annotations
@@ -210,16 +214,25 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, *, sigma_min: float, sigma_max: 
 # integrals of the piecewise-linear statistics
 
 
-def _rule(quadrature: str) -> tuple[Tensor, Tensor]:
-    """Nodes and weights on [0, 1]: 4-point Gauss-Legendre (Golub-Welsch) or the trapezoid's end points."""
+def _rule(quadrature: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Nodes ``xi`` and weights on [0, 1], and the matrix ``Q`` with ``int_0^xi_q f ~ sum_r Q_qr f(xi_r)``.
+
+    ``"gauss"``: 5-point Gauss-Legendre (exact to degree 9; ``Q`` integrates the interpolant, degree 4).
+    ``"trapezoid"``: the end points; ``Q`` is then the cumulative trapezoid of the reference implementation.
+    """
     if quadrature == "trapezoid":
-        return torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64)
-    if quadrature != "gauss":
+        nodes, weights = torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64)
+    elif quadrature == "gauss":
+        k = torch.arange(1, 5, dtype=torch.float64)
+        off = k / torch.sqrt(4 * k**2 - 1)
+        nodes, vecs = torch.linalg.eigh(torch.diag(off, 1) + torch.diag(off, -1))  # Golub-Welsch
+        nodes, weights = (nodes + 1) / 2, vecs[0] ** 2
+    else:
         raise ValueError(f"quadrature must be 'gauss' or 'trapezoid', got {quadrature!r}")
-    k = torch.arange(1, 4, dtype=torch.float64)
-    off = k / torch.sqrt(4 * k**2 - 1)
-    nodes, vecs = torch.linalg.eigh(torch.diag(off, 1) + torch.diag(off, -1))
-    return (nodes + 1) / 2, vecs[0] ** 2
+    powers = torch.arange(nodes.numel(), dtype=torch.float64)
+    lagrange = torch.linalg.inv(nodes.unsqueeze(1) ** powers)            # monomial coefficients of the l_r
+    integrals = nodes.unsqueeze(1) ** (powers + 1) / (powers + 1)        # int_0^xi_q t^j dt
+    return nodes, weights, integrals @ lagrange
 
 
 class _Statistics:
@@ -247,7 +260,7 @@ class _Statistics:
         zero = torch.zeros(1, self.l.shape[1], dtype=torch.float64)
         self.L = torch.cat([zero, (width * (self.l[1:] + self.l[:-1]) / 2).cumsum(0)])   # exact for linear l
         self.S = torch.cat([zero, (width * (self.s[1:] + self.s[:-1]) / 2).cumsum(0)])
-        self.xi, self.omega = _rule(quadrature)
+        self.xi, self.omega, self.cumulative = _rule(quadrature)
         # int over each piece of exp(S_start - S_r) b_r dr: beta between nodes is a weighted sum of these
         p = torch.arange(grid.numel() - 1)
         _, b, _, big_s = self._at(p, self.xi.expand(p.numel(), -1))
@@ -281,14 +294,12 @@ class _Statistics:
         if (a, c) in self._steps:
             return self._steps[(a, c)]
         p = torch.arange(a, c)
-        xi, om = self.xi, self.omega.reshape(1, -1, 1)
+        om = self.omega.reshape(1, -1, 1)
         w = (self.grid[p + 1] - self.grid[p]).reshape(-1, 1, 1)
-        lam, _, big_l, big_s = self._at(p, xi.expand(p.numel(), -1))                    # [P, m], [P, m, d]
+        lam, b, big_l, big_s = self._at(p, self.xi.expand(p.numel(), -1))                # [P, m], [P, m, d]
         weight = w * om * torch.exp(big_l - self.L[c] + big_s - self.S[a])              # [P, m, d]
-        # beta at the quadrature nodes: whole pieces before, plus the part of the own piece (same rule on it)
-        _, b_in, _, s_in = self._at(p, xi.reshape(1, -1, 1) * xi.reshape(1, 1, -1).expand(p.numel(), -1, -1))
-        phi_in = torch.exp(self.S[a] - s_in) * b_in                                       # [P, m, m, d]
-        partial = w * xi.reshape(1, -1, 1) * (om.unsqueeze(1) * phi_in).sum(2)            # [P, m, d]
+        # beta at the quadrature nodes: whole pieces before, plus the part of the own piece
+        partial = w * torch.einsum("qr,prd->pqd", self.cumulative, torch.exp(self.S[a] - big_s) * b)
         whole = torch.exp(self.S[a] - self.S[a:c]) * self.phi[a:c]                        # [P, d]
         before = torch.cat([torch.zeros_like(whole[:1]), whole.cumsum(0)[:-1]])
         beta = before.unsqueeze(1) + partial
