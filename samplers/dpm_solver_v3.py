@@ -187,7 +187,7 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, *, sigma_min: float, sigma_max: 
         sigma = math.exp(-lam)
         for lo in range(0, k, batch):
             x = x0[lo:lo + batch] + sigma * eps[lo:lo + batch]
-            with torch.no_grad() if derivative == "fd" else torch.enable_grad():
+            with torch.no_grad():  # forward-mode AD (jvp) works without the autograd graph
                 out = _derivatives(denoiser, x, sigma, v[lo:lo + batch], derivative, fd_step)
             denoised, jv, w = (t.detach().to(torch.float64).cpu() for t in out)
             xd, vd = x.to(torch.float64).cpu(), v[lo:lo + batch].to(torch.float64).cpu()
