@@ -25,11 +25,12 @@ birth-death of the particles.
 Discretisation (``Delta = sigma^2 - sigma_next^2``): the guided reverse SDE is the plain one with the
 denoiser ``x0_hat + sigma^2 grad log l``, stepped by DPM-Solver++(2M) SDE (``order=2``) or the ancestral step
 (``order=1``) where the paper uses Euler-Maruyama (with ``l = 1`` the particles are exactly those of
-``dpmpp_2m_sde`` and ``euler_ancestral``); the ODE variant steps with DPM-Solver++(2M) or DDIM. The weights are the paper's explicit Euler increment ``Delta * rate`` at the old state
-(``weights="pde"``), or the exact importance weight of the discrete chain, the ratio of the unguided and the
-guided transition densities times ``l_sigma'(x') / l_sigma(x)`` (``weights="pathwise"``: its continuous-time
-limit is the same Feynman-Kac weight; it needs no Laplacian). Langevin correctors (``corrector_steps``) move
-the particles at fixed weights, towards ``q_sigma_next``. The step to sigma = 0 returns ``x0_hat``, weighted
+``dpmpp_2m_sde`` and ``euler_ancestral``); the ODE variant steps with DPM-Solver++(2M) or DDIM. The
+weights are the paper's explicit Euler increment ``Delta * rate`` at the old state (``weights="pde"``), or
+the exact importance weight of the discrete chain, the ratio of the unguided and the guided transition
+densities times ``l_sigma'(x') / l_sigma(x)`` (``weights="pathwise"``: its continuous-time limit is the same
+Feynman-Kac weight; it needs no Laplacian). Langevin correctors (``corrector_steps``) move the particles at
+fixed weights, towards ``q_sigma_next``. The step to sigma = 0 returns ``x0_hat``, weighted
 by ``l(x0_hat) / l_sigma(x)``.
 """
 
@@ -68,9 +69,10 @@ def feynman_kac_rate(variant: str, score: Tensor, grad: Tensor, laplacian: Tenso
 
 @torch.no_grad()
 def ensemble(denoiser: Denoiser, log_likelihood: LogLikelihood, x: Tensor, sigmas: Sequence[float] | Tensor, *,
-             variant: str = "sde", weights: str = "pde", order: int = 2, ess_threshold: float = 0.5, laplacian_probes: int = 1,
-             corrector_steps: int | None = None, corrector_step: float = 0.1, generator: torch.Generator | None = None,
-             callback: Callable[[dict], object] | None = None, stats: dict | None = None) -> EnsembleResult:
+             variant: str = "sde", weights: str = "pde", order: int = 2, ess_threshold: float = 0.5,
+             laplacian_probes: int = 1, corrector_steps: int | None = None, corrector_step: float = 0.1,
+             generator: torch.Generator | None = None, callback: Callable[[dict], object] | None = None,
+             stats: dict | None = None) -> EnsembleResult:
     """Approximation-free ensemble sampler: ``K`` weighted particles per instance for ``p(x0 | y)``.
 
     Arguments:

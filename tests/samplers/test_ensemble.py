@@ -129,7 +129,8 @@ def test_the_weights_estimate_the_evidence():
 
 @pytest.mark.parametrize("options, solver", [
     ({}, "dpmpp_2m_sde"), ({"order": 1}, "euler_ancestral"),
-    ({"variant": "ode", "corrector_steps": 0}, "dpmpp_2m"), ({"variant": "ode", "corrector_steps": 0, "order": 1}, "euler"),
+    ({"variant": "ode", "corrector_steps": 0}, "dpmpp_2m"),
+    ({"variant": "ode", "corrector_steps": 0, "order": 1}, "euler"),
 ])
 def test_with_the_likelihood_off_the_particles_are_the_prior_solvers(problem, options, solver):
     sigmas = karras(16, 0.01, 20.0)
@@ -226,6 +227,7 @@ def test_bad_inputs_are_named(problem):
     for options, message in [({"variant": "euler"}, "variant"), ({"weights": "exact"}, "weights"),
                              ({"variant": "ode", "weights": "pathwise"}, "pathwise weights need"),
                              ({"order": 3}, "order"), ({"ess_threshold": 2}, "ess_threshold"),
-                             ({"laplacian_probes": -1}, "laplacian_probes"), ({"corrector_step": 0.0}, "corrector_step")]:
+                             ({"laplacian_probes": -1}, "laplacian_probes"),
+                             ({"corrector_step": 0.0}, "corrector_step")]:
         with pytest.raises(ValueError, match=message):
             ensemble(problem.den, ll, x, sigmas, **options)
