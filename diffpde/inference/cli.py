@@ -39,9 +39,10 @@ COMMAND_NAMES = ("sample", "evaluate")
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", required=True, metavar="DIR", help="a saved prior (Prior.save_pretrained)")
-    p.add_argument("--method", default="covariance", help="covariance (default), dps, projection, tds, diffusionpde")
+    p.add_argument("--method", default="covariance", help="covariance (default), dps, projection, tds, ensemble, diffusionpde")
     p.add_argument("--solver", default=None, help="samplers solver (default: dpmpp_2m_sde for covariance, heun for diffusionpde, "
-                   "dpmpp_2m otherwise)")
+                   "dpmpp_2m otherwise); learned and dpm_solver_v3 read their fitted state from the prior "
+                   "(diffpde fit-solver)")
     p.add_argument("--steps", type=int, default=20, help="solver steps (default 20)")
     p.add_argument("--samples", type=int, default=8, metavar="K", help="posterior samples per instance (default 8)")
     p.add_argument("--schedule", default="karras", help="sigma schedule (default karras)")

@@ -19,6 +19,7 @@ import torch
 from samplers import get_solver
 
 from ..options import check_types
+from .fitted import FITTED_SOLVERS, fitted_solver
 from .methods import Setting, get_method
 from .observations import MaskObservation, Observations, StackedObservation
 
@@ -139,13 +140,15 @@ def reconstruct(
         prior:        a :class:`diffpde.Prior` (or anything with its interface, e.g.
                       :class:`~diffpde.inference.gaussian.GaussianPrior`).
         observations: operator and values ``y [B, m]`` in physical units.
-        method:       ``covariance`` (default), ``dps``, ``projection``, ``tds`` or ``diffusionpde``.
+        method:       ``covariance`` (default), ``dps``, ``projection``, ``tds``, ``ensemble`` or ``diffusionpde``.
         solver, steps, schedule: the ``samplers`` solver (default :func:`default_solver`: ``dpmpp_2m_sde``
                       for ``covariance``, ``heun`` for ``diffusionpde``, else ``dpmpp_2m``) and the sigma
                       grid ``prior.sigmas(steps, schedule)``: a schedule name (``karras``, ``vp``, ...)
                       between the prior's range, or an explicit grid ending in 0 (then ``steps`` is
-                      its length minus one).
-        n_samples:    ``K`` posterior samples (particles for ``tds``) per instance.
+                      its length minus one). ``learned`` and ``dpm_solver_v3`` read the state
+                      fitted to the prior from its directory (``diffpde fit-solver``); a learned
+                      solver brings its own grid (the schedule is not used).
+        n_samples:    ``K`` posterior samples (particles for ``tds`` and ``ensemble``) per instance.
         cond, params: conditioning fields / scalar parameters of a conditional prior (physical
                       units, batch ``B`` or 1).
         noise_std:    likelihood noise (default: the operator's; one number or one per measurement),
@@ -177,6 +180,11 @@ def reconstruct(
     noise_std = _noise_std(observations, noise_std, noise_floor)
     sigmas = prior.sigmas(steps, schedule)
     steps = sigmas.numel() - 1
+    if solver in FITTED_SOLVERS and FITTED_SOLVERS[solver] not in solver_options:
+        grid, fitted_options = fitted_solver(prior, solver, steps)   # saved with the prior (diffpde fit-solver)
+        solver_options.update(fitted_options)
+        if grid is not None:
+            sigmas = grid
 
     denoise = prior.denoiser(cond, params)
     cond_fields = {}

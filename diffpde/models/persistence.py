@@ -150,6 +150,7 @@ def load_prior(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         raise ValueError(f"{where}: corrupt weights file {WEIGHTS_NAME}: {e}") from None
     _check_state(prior.state_dict(), state, where)
     prior.load_state_dict(state, strict=True)
+    prior.source_dir = directory   # where solver states fitted to it are kept (diffpde.models.solver_state)
     return prior.to(device)
 
 
