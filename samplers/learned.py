@@ -306,8 +306,11 @@ class _Parameters(torch.nn.Module):
             weights = self._base(grid) + self.delta * self.mask
             return LearnedSolver(grid, weights, self.tau.detach().clone(), self.base, shape, dict(info or {}))
 
-    def forward(self, denoiser: Denoiser, x: Tensor) -> Tensor:
-        """The unrolled solver, differentiable in the parameters (and in ``x``)."""
+    def forward(self, denoiser: Denoiser, x: Tensor, final_history: list | None = None) -> Tensor:
+        """The unrolled solver, differentiable in the parameters (and in ``x``).
+
+        ``final_history``: a list that receives the denoised values the last step combines (most recent first).
+        """
         grid = self.grid()
         to = {"dtype": x.dtype, "device": x.device}
         weights = (self._base(grid) + self.delta * self.mask).to(**to)
@@ -320,7 +323,38 @@ class _Parameters(torch.nn.Module):
             denoised = denoiser(x, sig[i].expand(x.shape[0]))
             history = ([denoised] + history)[: self.k]
             x = _update(x, history, ratios[i], weights[i])
+        if final_history is not None:
+            final_history.extend(history)
         return x
+
+    @torch.no_grad()
+    def solve_final_step(self, denoiser: Denoiser, x: Tensor, reference: Tensor, batch_size: int) -> None:
+        """Set the last step's weights to their least-squares optimum on ``(x, reference)``.
+
+        The step to ``sigma = 0`` is linear in its weights (``x_n = sum_j W[n-1, j] D_(n-1-j)``), so with the other
+        parameters fixed its best weights solve a ``history x history`` normal system (per channel).
+        """
+        if float(self.grid()[-1]) != 0.0:
+            raise ValueError("the last step must end at sigma = 0")
+        k = min(self.k, self.n)
+        channels = 1 if self.channels is None else self.channels
+        gram = torch.zeros(channels, k, k, dtype=F64)
+        rhs = torch.zeros(channels, k, dtype=F64)
+        for start in range(0, x.shape[0], batch_size):
+            history: list = []
+            self(denoiser, x[start:start + batch_size], history)
+            target = reference[start:start + batch_size]
+            # [channels, k, values]: the denoised values of each channel, and the target, as columns
+            cols = torch.stack([h.to(F64).transpose(0, 1).reshape(h.shape[1], -1) if self.channels else
+                                h.to(F64).reshape(1, -1) for h in history[:k]], 1)
+            tgt = target.to(F64).transpose(0, 1).reshape(target.shape[1], -1) if self.channels else target.to(F64).reshape(1, -1)
+            gram += cols @ cols.transpose(1, 2)
+            rhs += (cols @ tgt[..., None])[..., 0]
+        scale = gram.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True)[..., None]
+        solution = torch.linalg.solve(gram + 1e-10 * scale * torch.eye(k, dtype=F64), rhs)  # [channels, k]
+        base = self._base(self.grid())[-1, :k]
+        new = solution.T if self.channels else solution[0]
+        self.delta[-1, :k] = new - base
 
 
 def _rms(a: Tensor, b: Tensor) -> float:
@@ -346,6 +380,7 @@ def fit_learned_solver(
     val_fraction: float = 0.25,
     val_every: int = 10,
     slack: float = 0.0,
+    solve_final: bool = True,
     seed: int = 0,
     log: Callable[[str], object] | None = None,
 ) -> LearnedSolver:
@@ -374,6 +409,8 @@ def fit_learned_solver(
         slack:       LD3's soft teacher forcing: each training start may move within a ball of RMS radius
                      ``slack * sigma_max`` (per sample) to match its reference (0: off). Evaluation and
                      validation use the true starts.
+        solve_final: after the iterations, set the last step's weights (linear in the output) to their least-squares
+                     optimum on the training noises; kept only if the validation error falls.
         seed:        seeds the split and the minibatch order.
         log:         called with a progress line after each validation pass.
 
@@ -466,10 +503,22 @@ def fit_learned_solver(
         params.load_state_dict(best)
     else:
         best_step = steps
+    solved_final = False
+    if solve_final and "weights" in learn:
+        params.solve_final_step(denoiser, x_start[train_idx], reference[train_idx], batch_size)
+        val = validate()
+        solved_final = not n_val or val < best_val
+        if solved_final:
+            best_val = val
+        else:
+            params.load_state_dict(best)
+        if log is not None:
+            log(f"nfe {nfe} final step solved by least squares: val rms {val:.4f} ({'kept' if solved_final else 'dropped'})")
     info = {"init_val_rms": init_val, "val_rms": best_val, "best_step": best_step, "fit_seconds": time.perf_counter() - t0,
             "train_rms": train_rms[-10:], "steps": steps, "lr": lr, "batch_size": batch_size, "n_train": int(train_idx.numel()),
             "n_val": n_val, "learn": sorted(learn), "slack": slack, "seed": seed, "per_channel": per_channel,
-            "sigma_floor": params.s_floor}
+            "sigma_floor": params.s_floor,
+            "solved_final": solved_final}
     return params.solver(tuple(noise.shape[1:]), info)
 
 

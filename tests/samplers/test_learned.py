@@ -108,6 +108,30 @@ def test_per_channel_weights():
     assert out.weights.shape == (3, 3, 2) and out.info["per_channel"]
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_final_step_least_squares(per_channel):
+    """``solve_final_step`` puts the last step's weights at the optimum of the training error: any change raises it."""
+    den = mixture()
+    fit = noise(16, den.shape, seed=2)
+    x, ref = S_MAX * fit, reference(den, S_MAX * fit, (S_MAX, S_MIN))
+    start = LearnedSolver.initial(schedules.karras(4, S_MIN, S_MAX))
+    if per_channel:
+        start = LearnedSolver(start.sigmas, start.weights[..., None].repeat(1, 1, 2), start.log_shifts)
+    params = _Parameters(start, {"weights"})
+    loss = lambda: float((params(den, x) - ref).pow(2).mean().detach())  # noqa: E731
+    before = loss()
+    params.solve_final_step(den, x, ref, batch_size=5)
+    best = loss()
+    assert best < before
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        with torch.no_grad():
+            kick = 1e-3 * torch.randn(params.delta[-1].shape, generator=g, dtype=F64)
+            params.delta[-1] += kick
+            assert loss() > best
+            params.delta[-1] -= kick
+
+
 def test_grid_stays_valid_for_any_logits():
     start = schedules.karras(8, S_MIN, S_MAX)
     params = _Parameters(LearnedSolver.initial(start), {"sigmas"}, sigma_floor=float(start[-2]))
@@ -171,7 +195,7 @@ def test_posterior_with_covariance_guidance(gaussian_fit):
             ratio = out.var(0) / torch.diag(cov)
             assert ((ratio > 0.8) & (ratio < 1.1)).all()
     assert errors["learned"] < 0.6 * errors["start"]
-    assert errors["learned"] < 0.05 * float(torch.diag(cov).mean().sqrt())
+    assert errors["learned"] < 0.08 * float(torch.diag(cov).mean().sqrt())
 
 
 def test_state_round_trip(gaussian_fit):
