@@ -25,7 +25,7 @@ JVP modes (``jvp=``):
                     scaled-dot-product attention and contiguous group-norm inputs: PyTorch's fused CPU attention has
                     no forward derivative, and its group-norm forward derivative fails on non-contiguous inputs).
     ``"autograd"``  ``torch.autograd.functional.jvp`` (the double-backward trick: two reverse passes).
-    ``"fd"``        a one-sided finite difference ``(D(x + delta v, sigma + delta) - D) / delta`` with
+    ``"fd"``        a one-sided finite difference ``(D - D(x - delta v, sigma - delta)) / delta`` with
                     ``delta = sigma * sqrt(machine epsilon)`` taken toward smaller sigma: one more plain network
                     evaluation, works for every callable (guidance wrappers that detach ``x`` included).
 The exact modes differentiate the callable as written: a wrapper that detaches its input (DPS-type guidance does,
@@ -33,6 +33,10 @@ it returns ``x0_hat - w grad`` with the gradient computed on a detached copy) ha
 function it represents. ``verify=True`` (default) therefore compares the first JVP of a run with a finite difference
 (one extra NFE per run) and raises when they disagree by more than 10 %; with guidance wrappers use ``jvp="fd"``.
 When the chosen exact mode raises, the other exact mode is tried; if both fail, a RuntimeError names both errors.
+
+Cost, measured on the demo Darcy prior (diffusers UNet, 1.1 M parameters, batch 16, one CPU thread): a ``func`` JVP
+costs about 4 plain forwards, ``autograd`` 4.5, ``fd`` 1, and ``fd`` gives the same final error to 3 digits.
+GENIE's own answer to the cost is a small head distilled to predict the JVP term; none is provided here.
 """
 
 from __future__ import annotations
@@ -124,7 +128,6 @@ class _Derivative:
         run = self.run
         dx = (x - denoised) / sigma
         if self.mode == "fd":
-            sigma_b = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
             delta = _fd_delta(x, sigma)
             shifted = run.denoise(x - delta * dx, sigma - delta)
             return (denoised - shifted) / delta
@@ -223,6 +226,8 @@ def genie(denoiser, x, sigmas, *, hooks=(), generator=None, callback=None, stats
                          integrator in log sigma with the same derivative); see the module docstring.
         order:           2 (GENIE), or 3 / 4: multistep, the higher derivatives from the previous step's value and
                          derivative (backward difference / cubic Hermite); the first step is second order.
+                         The Hermite extrapolation in log sigma (``form="exp", order=4``) is unstable on coarse
+                         grids (fewer than ~30 steps over 80 -> 0.002); ``order=3`` is not.
         jvp:             "func" (torch.func.jvp), "autograd" (double backward) or "fd" (finite difference).
         verify:          check the first exact JVP against a finite difference (one extra NFE per run).
         denoise_to_zero: the step to sigma = 0 returns ``D`` (1 NFE, no JVP) instead of the Taylor step.
@@ -256,3 +261,67 @@ def genie(denoiser, x, sigmas, *, hooks=(), generator=None, callback=None, stats
         previous = (t, f, df)
         x = run.end_step(i, x_next, denoised)
     return _finish(run, derivative, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# tuned grids
+
+
+def local_errors(denoiser: Denoiser, calibration, *, form: str = "ddim", jvp: str = "fd",
+                 denoise_to_zero: bool = True) -> Tensor:
+    """Per-sample errors ``[N + 1, N + 1, B]`` of one GENIE step ``c_i -> c_j`` from the reference states.
+
+    From each reference state ``x_ref(c_i)`` of ``calibration`` (:func:`samplers.tuning.calibrate`) one denoiser
+    call and one JVP give the Taylor step to every later candidate; entry ``[i, j, b]`` is its distance to
+    ``x_ref(c_j)`` (the step to 0 is ``D`` with ``denoise_to_zero``); entries that are not forward steps are inf.
+    """
+    candidates, traj = calibration.candidates, calibration.trajectory
+    dtype, c = calibration.x.dtype, candidates.tolist()
+    n1, batch = traj.shape[0], traj.shape[1]
+    errors = torch.full((n1, n1, batch), math.inf, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(n1 - 1):
+            state = traj[i].to(dtype)
+            denoised = denoiser(state, torch.full((batch,), c[i], dtype=dtype, device=state.device))
+            _, d_sigma = denoiser_jvp(denoiser, state, c[i], (state - denoised) / c[i], jvp, denoised=denoised)
+            df = -d_sigma / c[i] if form == "ddim" else -c[i] * d_sigma
+            for j in range(i + 1, n1):
+                pred = denoised if c[j] == 0 and denoise_to_zero else taylor_step(state, denoised, [df], c[i], c[j], form)
+                errors[i, j] = (pred.to(torch.float64) - traj[j]).reshape(batch, -1).norm(dim=1)
+    return errors
+
+
+def tuned_sigmas(denoiser: Denoiser, x: Tensor, steps: int, *, calibration=None, errors: Tensor | None = None,
+                 form: str = "ddim", jvp: str = "fd", denoise_to_zero: bool = True, sigma_max: float | None = None,
+                 sigma_min: float | None = None, fine_steps: int = 48, propagate: bool = True) -> Tensor:
+    """A grid of ``steps`` steps for :func:`genie` (order 2), tuned on the calibration batch ``x`` at ``sigma_max``.
+
+    The cost model of :func:`samplers.tuning.optimized_sigmas` with GENIE's step (:func:`local_errors`; pass
+    ``errors`` to reuse them across budgets, and a ``calibration`` from :func:`samplers.tuning.calibrate`).
+    Dynamic programming finds the path with ``steps`` steps that minimises the summed local errors, weighted by
+    the growth of an error made at the landing node to the power 0, 1/2 or 1 (``propagate``); the grid whose
+    ``genie`` run ends closest to the calibration reference is returned. Cost: the calibration, ``N`` calls and
+    ``N`` JVPs of the batch for the errors, three solver runs.
+    """
+    from .tuning import _shortest_path, calibrate
+
+    if calibration is None:
+        if sigma_max is None or sigma_min is None:
+            raise ValueError("give sigma_max and sigma_min, or a calibration")
+        calibration = calibrate(denoiser, x, sigma_max=sigma_max, sigma_min=sigma_min, fine_steps=fine_steps)
+    elif calibration.x.shape != x.shape or not torch.equal(calibration.x, x):
+        raise ValueError("the calibration was computed for a different batch x")
+    if errors is None:
+        errors = local_errors(denoiser, calibration, form=form, jvp=jvp, denoise_to_zero=denoise_to_zero)
+    candidates = calibration.candidates
+    grids = []
+    for gamma in (0.0, 0.5, 1.0) if propagate else (0.0,):
+        weighted = errors if gamma == 0 else errors * calibration.growth[None] ** gamma
+        grids.append(candidates[_shortest_path(weighted.nan_to_num(nan=math.inf).mean(-1), steps)].clone())
+    if len(grids) == 1:
+        return grids[0]
+    target = calibration.trajectory[-1].to(x.dtype)
+    with torch.no_grad():
+        final = [float((genie(denoiser, x, grid, form=form, jvp=jvp, verify=False, denoise_to_zero=denoise_to_zero)
+                        - target).flatten(1).norm(dim=1).mean()) for grid in grids]
+    return grids[min(range(len(grids)), key=final.__getitem__)]

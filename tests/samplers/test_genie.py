@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from samplers import SOLVERS, schedules
 from samplers.analytic import GaussianDenoiser
-from samplers.genie import denoiser_jvp, forward_ad_compat, genie, taylor_step
+from samplers.genie import denoiser_jvp, forward_ad_compat, genie, taylor_step, tuned_sigmas
 from samplers.guidance import DPSGuidance, gaussian_nll
 
 F64 = torch.float64
@@ -260,3 +260,30 @@ def test_bad_options_are_named(options, message):
     den = gaussian()
     with pytest.raises(ValueError, match=message):
         genie(den, start(den), schedules.karras(4, 0.01, 80.0), **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# tuned grids
+
+
+def test_tuned_grid_beats_karras_and_loglinear_on_fresh_noise():
+    from samplers.analytic import GaussianMixtureDenoiser
+    from samplers.reference import reference
+    from samplers.tuning import calibrate
+
+    g = torch.Generator().manual_seed(0)
+    den = GaussianMixtureDenoiser(torch.ones(4, dtype=F64), 1.5 * torch.randn(4, 8, generator=g, dtype=F64),
+                                  torch.tensor([0.1, 0.3, 0.6, 1.0], dtype=F64))
+    calibration = 80.0 * torch.randn(12, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+    fresh = 80.0 * torch.randn(32, 8, generator=torch.Generator().manual_seed(2), dtype=F64)
+    truth = reference(den, fresh, (80.0, 0.002 * 1e-3), rtol=1e-6, atol=1e-6)
+    error = lambda grid: (genie(den, fresh, grid, jvp="fd", denoise_to_zero=True) - truth).norm(dim=1).mean().item()
+    calib = calibrate(den, calibration, sigma_max=80.0, sigma_min=0.002, fine_steps=32, rtol=1e-6)
+    for steps in (3, 5):
+        grid = tuned_sigmas(den, calibration, steps, calibration=calib)
+        assert grid.dtype == F64 and grid.numel() == steps + 1 and grid[0] == 80.0 and grid[-1] == 0
+        assert all(bool((calib.candidates == s).any()) for s in grid)
+        fixed = min(error(schedules.karras(steps, 0.002, 80.0)), error(schedules.loglinear(steps, 0.002, 80.0)))
+        assert error(grid) < 0.8 * fixed, (steps, error(grid), fixed)
+    with pytest.raises(ValueError, match="different batch"):
+        tuned_sigmas(den, fresh, 3, calibration=calib)
