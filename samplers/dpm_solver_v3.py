@@ -205,7 +205,9 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, *, sigma_min: float, sigma_max: 
     mean_f, mean_fp = a * ex - ed, p * ex + a * ed - ew
     cov = a * p * vx + a * a * cxd - a * cxw - p * cxd - a * vd + cdw
     var = a * a * vx - 2 * a * cxd + vd
-    ok = var > 1e-12 * (mean_f**2 + var).clamp_min(1e-300)
+    # f = a x - D cancels: where its variance is below 1e-6 of its parts' (a std a thousandth of theirs,
+    # round-off of a float32 network, e.g. a linear denoiser with f = 0), s is 0 rather than noise / noise
+    ok = (var > 1e-6 * (a * a * vx + vd)) & (var > 1e-12 * (mean_f**2 + var).clamp_min(1e-300))
     s = torch.where(ok, cov / torch.where(ok, var, 1.0), 0.0)
     return EMS(lambdas, l, s, mean_fp - s * mean_f, num_samples=k, derivative=derivative)
 

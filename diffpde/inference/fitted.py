@@ -88,7 +88,7 @@ def fit_learned(prior, nfe: int, *, n_fit: int = 32, ref_steps: int = 200, itera
                               base="dpmpp_2m", steps=iterations, lr=lr, batch_size=batch_size, seed=seed, log=log)
 
 
-def fit_statistics(prior, *, n_samples: int = 256, sample_steps: int = 20, n_grid: int = 64, batch: int = 64,
+def fit_statistics(prior, *, n_samples: int = 128, sample_steps: int = 20, n_grid: int = 24, batch: int = 64,
                    seed: int = EMS_SEED, log: Callable[[str], None] | None = None) -> EMS:
     """DPM-Solver-v3's statistics of the prior, measured on ``n_samples`` of its own samples
     (DPM-Solver++(2M), ``sample_steps`` Karras steps)."""
