@@ -8,16 +8,20 @@ Step ``i`` (from ``s_i`` to ``s_(i+1)``, one network evaluation) is::
 
 For ``W`` equal to DPM-Solver++(2M)'s (or 3M's, or Euler's) weights on the same grid and ``tau = 0``
 the update *is* that solver (:func:`base_weights`), so a fit starts exactly from a known good solver.
-With free weights the update spans every linear multistep combination of the stored denoised values
-(UniPC without its corrector's re-evaluation point, Adams-type weights, ...); ``tau`` lets a step
-evaluate the network at another noise level than the one its state is at (the time-shift and
-intermediate-point ideas of AMED-Solver and of exposure-bias corrections).
+Every network input is then ``(s_i / s_0) x_0`` plus a combination of earlier denoised values, and
+the result a combination of denoised values: with free weights and a long enough history the family
+holds every such linear scheme (UniPC's predictor-corrector among them: its corrector folds into the
+next step's weights). ``tau`` decouples the noise level the network is told from the level of the
+state (the time-shift and intermediate-point ideas of AMED-Solver and of exposure-bias corrections);
+the grid's last positive level is learned too (few-step grids jump to 0 from well above sigma_min).
+Optionally each channel (axis 1) gets its own weights.
 
 :func:`fit_learned_solver` fits the grid, the weights and the shifts by back-propagating the final
-error through the unrolled solver (LD3, Tong et al. 2025, learns the grid this way; S4S and D-ODE
-learn coefficients; AMED-Solver learns intermediate points). The denoiser's own parameters get no
-gradient. Only fit noises are used; a part of them is held out as a validation set and the
-parameters with the smallest validation error are kept.
+error through the unrolled solver (LD3, Tong et al. 2025, learns the grid this way, with an optional
+slack on the starts; S4S and D-ODE learn coefficients; AMED-Solver learns intermediate points). The
+denoiser's own parameters get no gradient. Only fit noises are used; a part of them is held out as a
+validation set and the parameters with the smallest validation error are kept. The last step is
+linear in its weights, which are finally solved by least squares.
 
 Sampling: ``samplers.sample(D, x, solver.sigmas, solver="learned", params=solver)``. Hooks,
 callbacks and guidance work as in every solver: guidance wraps the denoiser (the solver calls the
@@ -55,7 +59,8 @@ class LearnedSolver:
     """A learned multistep solver for one NFE budget (see the module docstring).
 
     Fields:
-        sigmas:     ``[n + 1]`` float64 grid from ``sigma_max`` to ``sigma_min``, then 0 (strictly decreasing).
+        sigmas:     ``[n + 1]`` float64 grid from ``sigma_max`` down to a last level >= ``sigma_min``, then 0
+                    (strictly decreasing).
         weights:    ``[n, history]`` float64; ``weights[i, j]`` multiplies ``D_(i-j)`` in step ``i``
                     (entries with ``j > i`` are unused and kept 0); or ``[n, history, C]``: one weight per
                     channel (axis 1 of the state), for fields whose channels move differently.
@@ -369,7 +374,7 @@ def fit_learned_solver(
     nfe: int,
     sigma_min: float,
     sigma_max: float,
-    init_sigmas: Sequence[float] | Tensor | None = None,
+    init_sigmas: Sequence[float] | Tensor | LearnedSolver | None = None,
     base: str = "dpmpp_2m",
     history: int | None = None,
     per_channel: bool = False,
@@ -396,6 +401,8 @@ def fit_learned_solver(
                      in ``[sigma_min, sigma_max)`` (a start at ``sigma_min`` stays there in practice).
         init_sigmas: the initial grid (``nfe + 1`` entries from ``sigma_max`` down to a level >= ``sigma_min``, then
                      0), e.g. :func:`samplers.tuning.optimized_sigmas`; default Karras (rho 7) to ``sigma_min``.
+                     Or a :class:`LearnedSolver` to continue from (its base, history and weight layout are kept;
+                     ``base``, ``history`` and ``per_channel`` are then ignored).
         base:        the solver the fit starts from: ``dpmpp_2m`` (default), ``dpmpp_3m`` or ``euler``.
         history:     weights per step (denoised values combined); default ``max(base order, 3)``.
         per_channel: one weight per channel (axis 1) instead of one per step and history entry.
@@ -431,8 +438,13 @@ def fit_learned_solver(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if init_sigmas is None:
         init_sigmas = karras(nfe, sigma_min, sigma_max, rho=7.0)
-    init = LearnedSolver.initial(init_sigmas, base, history, noise.shape[1:])
-    if per_channel:
+    if isinstance(init_sigmas, LearnedSolver):
+        init = LearnedSolver(init_sigmas.sigmas, init_sigmas.weights, init_sigmas.log_shifts, init_sigmas.base,
+                             tuple(noise.shape[1:]))
+        base, history, per_channel = init.base, init.history, init.channels is not None
+    else:
+        init = LearnedSolver.initial(init_sigmas, base, history, noise.shape[1:])
+    if per_channel and init.channels is None:
         init = LearnedSolver(init.sigmas, init.weights[..., None].expand(-1, -1, noise.shape[1]).clone(),
                              init.log_shifts, base, init.shape)
     if init.nfe != nfe:
@@ -451,7 +463,7 @@ def fit_learned_solver(
     params = _Parameters(init, set(learn), min(sigma_min, float(positive[-1])))
     groups = [{"params": [params.logits], "lr": 5 * lr}, {"params": [params.delta, params.tau], "lr": lr}]
     optimiser = torch.optim.Adam(groups)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * k / max(steps, 1))))
     trainable = [p for p in params.parameters() if p.requires_grad]
     x_start = sigma_max * noise
     slack_radius = slack * sigma_max

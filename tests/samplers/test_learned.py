@@ -103,9 +103,14 @@ def test_per_channel_weights():
     assert not torch.equal(fitted.weights[..., 0], fitted.weights[..., 1])
     assert (run(fitted) - unrolled).abs().max() < 1e-12
     fit = noise(8, den.shape, seed=2)
-    out = fit_learned_solver(den, fit, reference(den, S_MAX * fit, (S_MAX, S_MIN)), nfe=3, sigma_min=S_MIN,
-                             sigma_max=S_MAX, steps=4, val_fraction=0, per_channel=True)
+    ref = reference(den, S_MAX * fit, (S_MAX, S_MIN))
+    out = fit_learned_solver(den, fit, ref, nfe=3, sigma_min=S_MIN, sigma_max=S_MAX, steps=4, val_fraction=0,
+                             per_channel=True)
     assert out.weights.shape == (3, 3, 2) and out.info["per_channel"]
+    again = fit_learned_solver(den, fit, ref, nfe=3, sigma_min=S_MIN, sigma_max=S_MAX, steps=0, val_fraction=0,
+                               init_sigmas=out, solve_final=False)           # continue from a solver: starts on it
+    assert torch.allclose(again.weights, out.weights, rtol=0, atol=1e-12) and again.info["per_channel"]
+    assert torch.allclose(again.sigmas, out.sigmas, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
