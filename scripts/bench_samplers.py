@@ -177,6 +177,9 @@ class Problem:
     sigma_max: float
     fine_steps: int              # calibration grid of optimized_sigmas
     calib_rtol: float = 1e-7
+    prior: object = None         # a trained prior (fitted solvers are fitted to it and kept in prior_dir)
+    prior_dir: str | None = None
+    calibration: object = None   # samplers.tuning.calibrate on calib_x (set by accuracy)
 
     @property
     def x(self) -> torch.Tensor:
@@ -228,7 +231,64 @@ def prior_problem(prior_dir: str, batch: int, calib_batch: int, fine_steps: int,
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({"truth": truth.contiguous(), "noise": noise.contiguous()}, str(path))
     name = f"trained prior {Path(prior_dir).name} {list(shape)}, {prior.config()['precond']['type']}"
-    return Problem(name, den, noise, truth, calib_x, lo, hi, fine_steps, calib_rtol=1e-5)
+    return Problem(name, den, noise, truth, calib_x, lo, hi, fine_steps, calib_rtol=1e-5, prior=prior, prior_dir=prior_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# fitted and JVP solvers (rows of their own)
+
+
+def learned_rows(problem: Problem, nfes, record, log):
+    """A learned solver per NFE, fitted to the prior on noises of its own seed (kept with the prior)."""
+    from diffpde.inference.fitted import fitted_solver
+
+    for n in nfes:
+        t0 = time.perf_counter()
+        grid, options = fitted_solver(problem.prior, "learned", n, prior_dir=problem.prior_dir, fit=True, log=log)
+        log(f"learned nfe {n}: ready in {time.perf_counter() - t0:.0f} s")
+        stats = {}
+        out, sec = timed(lambda: get_solver("learned")(problem.denoiser, problem.x, grid, stats=stats, **options))
+        record("learned [fitted]", n, rms(out, problem.truth), stats["nfe"], "fitted", sec)
+
+
+def dpm_solver_v3_rows(problem: Problem, nfes, record, log):
+    """DPM-Solver-v3 with the prior's statistics (measured once on its own samples), best of two grids."""
+    from diffpde.inference.fitted import fitted_solver
+
+    _, options = fitted_solver(problem.prior, "dpm_solver_v3", 1, prior_dir=problem.prior_dir, fit=True, log=log)
+    lo, hi = problem.sigma_min, problem.sigma_max
+    for n in nfes:
+        best = None
+        for kind in ("karras", "loglinear"):
+            stats = {}
+            out, sec = timed(lambda: get_solver("dpm_solver_v3")(problem.denoiser, problem.x, fixed_grid(kind, n, lo, hi),
+                                                                 stats=stats, **options))
+            err = rms(out, problem.truth)
+            if best is None or err[0] < best[0][0]:
+                best = (err, stats["nfe"], kind, sec)
+        record("dpm_solver_v3", n, *best)
+
+
+def genie_rows(problem: Problem, nfes, record, log):
+    """GENIE (exponential form, order 3 reusing the previous derivative, finite-difference JVP, last step D) on
+    its own tuned grid: ``k`` steps cost ``2k - 1`` evaluations (a JVP by a finite difference is one forward)."""
+    from samplers.genie import local_errors, tuned_sigmas
+
+    options = {"form": "exp", "jvp": "fd", "denoise_to_zero": True}
+    calibration = problem.calibration
+    if calibration is None:
+        with torch.no_grad():
+            calibration = calibrate(problem.denoiser, problem.calib_x, sigma_max=problem.sigma_max,
+                                    sigma_min=problem.sigma_min, fine_steps=problem.fine_steps, rtol=problem.calib_rtol)
+        problem.calibration = calibration
+    errors = local_errors(problem.denoiser, calibration, **options)
+    for n in nfes:
+        steps = max(1, (n + 1) // 2)
+        grid = tuned_sigmas(problem.denoiser, problem.calib_x, steps, calibration=calibration, errors=errors, **options)
+        stats = {}
+        out, sec = timed(lambda: get_solver("genie")(problem.denoiser, problem.x, grid, stats=stats, order=3,
+                                                     verify=False, **options))
+        record("genie [opt] (NFE + JVP)", n, rms(out, problem.truth), stats["nfe"] + stats.get("jvp", 0), "opt", sec)
 
 
 def timed(fn):
@@ -239,7 +299,7 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def accuracy(problem: Problem, nfes, log=print, extra_rows=()):
+def accuracy(problem: Problem, nfes, log=print, extra_rows=(), only_extra: bool = False):
     """``{method: {nfe: {"error", "median", "nfe", "grid", "seconds_per_sample"}}}`` on ``problem``.
 
     ``extra_rows``: callables ``(problem, nfes, record, log)`` that add rows (fitted solvers).
@@ -252,11 +312,17 @@ def accuracy(problem: Problem, nfes, log=print, extra_rows=()):
         results.setdefault(method, {})[budget] = {"error": error[0], "median": error[1], "nfe": used, "grid": grid,
                                                   "seconds_per_sample": seconds / batch}
 
+    if only_extra:
+        for extra in extra_rows:
+            extra(problem, nfes, record, log)
+        return results
+
     # ours on fixed grids (best of two) and on optimised grids
     t0 = time.perf_counter()
     with torch.no_grad():
         calibration = calibrate(den, problem.calib_x, sigma_max=hi, sigma_min=lo, fine_steps=problem.fine_steps,
                                 rtol=problem.calib_rtol)
+    problem.calibration = calibration
     log(f"calibration: {time.perf_counter() - t0:.1f} s")
     for name in OURS:
         solver = get_solver(name)
@@ -429,6 +495,10 @@ def main(argv=None) -> int:
     parser.add_argument("--prior", action="append", default=[], metavar="DIR",
                         help="also (or with --no-mixture, only) the table of a trained prior; repeatable")
     parser.add_argument("--no-mixture", action="store_true", help="skip the Gaussian-mixture table and the overhead")
+    parser.add_argument("--only-fitted", action="store_true",
+                        help="trained priors: only the learned, DPM-Solver-v3 and GENIE rows (and the best peer's, from --peers-json)")
+    parser.add_argument("--no-fitted", action="store_true",
+                        help="trained priors: skip the learned, DPM-Solver-v3 and GENIE rows (fitting takes minutes)")
     parser.add_argument("--nfes", type=str, default=None, help="comma-separated NFE budgets")
     parser.add_argument("--batch", type=int, default=16, help="noises per trained prior (seed 0)")
     parser.add_argument("--ref-steps", type=int, default=400, help="Heun steps of a trained prior's reference")
@@ -453,7 +523,9 @@ def main(argv=None) -> int:
     for prior_dir in args.prior:
         problem = prior_problem(prior_dir, args.batch, calib_batch=8, fine_steps=32 if args.quick else 48,
                                 ref_steps=args.ref_steps, cache=args.cache, log=log)
-        results = accuracy(problem, [n for n in nfes if n <= 20] or nfes, log=log)
+        results = accuracy(problem, [n for n in nfes if n <= 20] or nfes, log=log,
+                           extra_rows=[] if args.no_fitted else [learned_rows, dpm_solver_v3_rows, genie_rows],
+                           only_extra=args.only_fitted)
         verdicts[problem.name] = report(problem, results, [n for n in nfes if n <= 20] or nfes, log=print)
         payload["problems"][problem.name] = results
 
