@@ -8,12 +8,12 @@ validation inside the fit); every number in the table is on the eval noises. Err
 everything (normalised frame).
 
 Rows per NFE: DPM-Solver++(2M)/(3M)/UniPC on the grid of ``samplers.tuning.optimized_sigmas`` (calibrated on
-8 fit noises), the best of them ("tuned"), and the learned solver started from DPM-Solver++(2M) on the tuned
-grid. The issue's best peer (k-diffusion/diffusers on Karras) and its target (1/2 of it at NFE <= 10, 0.7 at 16, 20)
-are printed beside them.
+the fit noises ``[-16:-8]``), the best of them ("tuned"), and the learned solver started from DPM-Solver++(2M)
+or (3M) on its tuned or the Karras grid (the better on the fit noises ``[-8:]``). The issue's best peer
+(k-diffusion/diffusers on Karras) and its target (1/2 of it at NFE <= 10, 0.7 at 16, 20) are printed beside them.
 
-    OMP_NUM_THREADS=1 python scripts/fit_learned_solver_darcy.py [--nfe 5 6 8 10 16 20] [--steps 80]
-        [--json out.json] [--save DIR]
+    OMP_NUM_THREADS=1 python scripts/fit_learned_solver_darcy.py --nfe 5 6 --steps 200 --lr 0.04 --batch 6 \
+        --extra-fit 16 --per-channel --history 5 --fit-each-base [--grids CACHE] [--json out.json] [--save DIR]
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch", type=int, default=8, help="fit noises per iteration")
     parser.add_argument("--history", type=int, default=3)
-    parser.add_argument("--base", default="dpmpp_2m")
+    parser.add_argument("--base", nargs="+", default=["dpmpp_2m", "dpmpp_3m"],
+                        help="bases to start from (the best on 8 fit noises is fitted)")
     parser.add_argument("--per-channel", action="store_true", help="one weight per channel")
+    parser.add_argument("--fit-each-base", action="store_true",
+                        help="fit from every --base and keep the lowest validation error (fit time adds up)")
     parser.add_argument("--learn", nargs="+", default=["sigmas", "weights", "shifts"])
     parser.add_argument("--slack", type=float, default=0.0)
     parser.add_argument("--val-fraction", type=float, default=0.25)
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-cache", default="/tmp/darcy_demo_ref_extra.pt")
     parser.add_argument("--grids", default=None, help="cache of the tuned grids (torch file, keys 'solver:nfe')")
     parser.add_argument("--no-baselines", action="store_true", help="only the tuned DPM-Solver++(2M) start")
+    parser.add_argument("--continue-from", default=None, help="directory of saved solvers to continue fitting from")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     parser.add_argument("--save", default=None, help="directory for the fitted solvers (safetensors + JSON metadata)")
@@ -100,13 +104,13 @@ def main(argv=None) -> int:
     calibration = None
 
     def tuned_grid(name: str, nfe: int) -> torch.Tensor:
-        """optimized_sigmas calibrated on the first 8 fit noises (or read from --grids)."""
+        """optimized_sigmas calibrated on the fit noises [-16:-8] (or read from --grids)."""
         nonlocal calibration
         key = f"{name}:{nfe}"
         if key not in grids:
             if calibration is None:
                 t = time.perf_counter()
-                calibration = calibrate(denoiser, S_MAX * fit_noise[:8], sigma_max=S_MAX, sigma_min=S_MIN)
+                calibration = calibrate(denoiser, S_MAX * fit_noise[-16:-8], sigma_max=S_MAX, sigma_min=S_MIN)
                 print(f"calibration (optimized_sigmas) {time.perf_counter() - t:.0f} s", flush=True)
             grids[key] = optimized_sigmas(denoiser, calibration.x, nfe, solver=name, calibration=calibration)
             if args.grids:
@@ -123,30 +127,53 @@ def main(argv=None) -> int:
                 row[f"{name}_tuned"] = rms(out, eval_ref)
                 row[f"{name}_seconds_per_sample"] = per_sample
             row["tuned"] = min(row[f"{n}_tuned"] for n in ("dpmpp_2m", "dpmpp_3m", "unipc"))
-        # the start: DPM-Solver++(2M) on the tuned or the Karras grid, whichever is better on 8 fit noises
-        starts = {"tuned": grid_2m, "karras": schedules.karras(nfe, S_MIN, S_MAX, rho=7.0)}
-        probe = {}
-        for kind, grid in starts.items():
-            out, _ = run(denoiser, "dpmpp_2m", fit_noise[-8:], grid)
-            probe[kind] = rms(out, fit_ref[-8:])
-        row["start_grid"] = min(probe, key=probe.get)
-        init_grid = starts[row["start_grid"]]
-        start = LearnedSolver.initial(init_grid, args.base, args.history)
+        # starts: each --base on its tuned or Karras grid, whichever is better on 8 fit noises; the best start is
+        # fitted, or with --fit-each-base every base's, keeping the lowest validation error (fit noises only)
+        candidates = {}
+        for base in args.base:
+            for kind, grid in (("tuned", tuned_grid(base, nfe)), ("karras", schedules.karras(nfe, S_MIN, S_MAX, rho=7.0))):
+                out, _ = run(denoiser, base, fit_noise[-8:], grid)
+                error = rms(out, fit_ref[-8:])
+                if base not in candidates or error < candidates[base][0]:
+                    candidates[base] = (error, kind, grid)
+        order = sorted(candidates, key=lambda b: candidates[b][0])
+        fits, total_seconds = [], 0.0
+        for base in order if args.fit_each_base else order[:1]:
+            _, kind, init = candidates[base]
+            start = LearnedSolver.initial(init, base, args.history)
+            previous = Path(args.continue_from or "") / f"learned_nfe{nfe}.safetensors"
+            if args.continue_from and previous.exists():  # a second round from a saved fit (its fit time is added)
+                from safetensors import safe_open
+                from safetensors.torch import load_file
+
+                with safe_open(str(previous), "pt") as handle:
+                    meta = json.loads(handle.metadata()["learned_solver"])
+                start = init = LearnedSolver.from_state(load_file(str(previous)), meta)
+                base, kind = start.base, f"continued from {previous}"
+                total_seconds += meta["info"]["fit_seconds"]
+            print(f"  start: {base} on the {kind} grid", flush=True)
+            solver = fit_learned_solver(denoiser, fit_noise, fit_ref, nfe=nfe, sigma_min=S_MIN, sigma_max=S_MAX,
+                                        init_sigmas=init, base=base, history=args.history, learn=args.learn,
+                                        per_channel=args.per_channel, steps=args.steps, lr=args.lr,
+                                        batch_size=args.batch, val_fraction=args.val_fraction, val_every=10,
+                                        slack=args.slack, log=lambda line: print("  " + line, flush=True))
+            total_seconds += solver.info["fit_seconds"]
+            fits.append((solver.info["val_rms"], base, kind, start, solver))
+            if len(fits) > 1:
+                print(f"  validation rms per start: {[(b, round(v, 4)) for v, b, *_ in fits]}", flush=True)
+        _, base, kind, start, solver = min(fits, key=lambda f: f[0])
         out, _ = run(denoiser, "learned", eval_noise, start.sigmas, params=start)
-        row["start"] = rms(out, eval_ref)
-        solver = fit_learned_solver(denoiser, fit_noise, fit_ref, nfe=nfe, sigma_min=S_MIN, sigma_max=S_MAX,
-                                    init_sigmas=init_grid, base=args.base, history=args.history, learn=args.learn,
-                                    per_channel=args.per_channel,
-                                    steps=args.steps, lr=args.lr, batch_size=args.batch, val_fraction=args.val_fraction,
-                                    val_every=10, slack=args.slack, log=lambda line: print("  " + line, flush=True))
+        row.update(start_grid=kind, base=base, start=rms(out, eval_ref),
+                   val_per_start={b: v for v, b, *_ in fits})
         out, per_sample = run(denoiser, "learned", eval_noise, solver.sigmas, params=solver)
-        row.update(learned=rms(out, eval_ref), fit_seconds=solver.info["fit_seconds"], seconds_per_sample=per_sample,
+        solver.info["fit_seconds"] = total_seconds
+        row.update(learned=rms(out, eval_ref), fit_seconds=total_seconds, seconds_per_sample=per_sample,
                    val_start=solver.info["init_val_rms"], val_best=solver.info["val_rms"], best_step=solver.info["best_step"],
                    sigmas=solver.sigmas.tolist(), log_shifts=solver.log_shifts.tolist(), weights=solver.weights.tolist())
         if row["peer"]:
             row["target"] = (0.5 if nfe <= 10 else 0.7) * row["peer"]
         rows.append(row)
-        print(f"NFE {nfe}: start ({row['start_grid']}) {row['start']:.4f} learned {row['learned']:.4f} tuned {row.get('tuned', math.nan):.4f} "
+        print(f"NFE {nfe}: start ({row['base']}, {row['start_grid']}) {row['start']:.4f} learned {row['learned']:.4f} tuned {row.get('tuned', math.nan):.4f} "
               f"target {row.get('target', math.nan):.4f}  fit {row['fit_seconds']:.0f} s, {per_sample * 1e3:.1f} ms/sample",
               flush=True)
         if args.save:
