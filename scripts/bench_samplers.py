@@ -299,7 +299,8 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def accuracy(problem: Problem, nfes, log=print, extra_rows=(), only_extra: bool = False):
+def accuracy(problem: Problem, nfes, log=print, extra_rows=(), only_extra: bool = False, tuned: bool = True,
+             grids=("karras", "loglinear")):
     """``{method: {nfe: {"error", "median", "nfe", "grid", "seconds_per_sample"}}}`` on ``problem``.
 
     ``extra_rows``: callables ``(problem, nfes, record, log)`` that add rows (fitted solvers).
@@ -319,24 +320,25 @@ def accuracy(problem: Problem, nfes, log=print, extra_rows=(), only_extra: bool 
 
     # ours on fixed grids (best of two) and on optimised grids
     t0 = time.perf_counter()
-    with torch.no_grad():
-        calibration = calibrate(den, problem.calib_x, sigma_max=hi, sigma_min=lo, fine_steps=problem.fine_steps,
-                                rtol=problem.calib_rtol)
-    problem.calibration = calibration
-    log(f"calibration: {time.perf_counter() - t0:.1f} s")
+    if tuned:
+        with torch.no_grad():
+            calibration = calibrate(den, problem.calib_x, sigma_max=hi, sigma_min=lo, fine_steps=problem.fine_steps,
+                                    rtol=problem.calib_rtol)
+        problem.calibration = calibration
+        log(f"calibration: {time.perf_counter() - t0:.1f} s")
     for name in OURS:
         solver = get_solver(name)
         for budget in nfes:
             steps = fit_steps(budget, solver.nfe_per_step)
             best = None
-            for kind in ("karras", "loglinear"):
+            for kind in grids:
                 stats = {}
                 out, sec = timed(lambda: solver(den, x, fixed_grid(kind, steps, lo, hi), stats=stats))
                 err = rms(out, truth)
                 if best is None or err[0] < best[0][0]:
                     best = (err, stats["nfe"], kind, sec)
             record(name, budget, *best)
-            if name in COST_MODELS:
+            if tuned and name in COST_MODELS:
                 with torch.no_grad():
                     grid = optimized_sigmas(den, problem.calib_x, budget, solver=name, calibration=calibration)
                 stats = {}
@@ -354,7 +356,7 @@ def accuracy(problem: Problem, nfes, log=print, extra_rows=(), only_extra: bool 
         for budget in nfes:
             steps = fit_steps(budget, per_step)
             best = None
-            for kind in ("karras", "loglinear"):
+            for kind in grids:
                 model = Counting(den)
                 out, sec = timed(lambda: sampler(model, x.clone(), fixed_grid(kind, steps, lo, hi)))
                 err = rms(out, truth)
@@ -369,7 +371,7 @@ def accuracy(problem: Problem, nfes, log=print, extra_rows=(), only_extra: bool 
         for name, factory in diffusers_peers(lo, hi).items():
             for budget in nfes:
                 best = None
-                for kind in ("karras", "loglinear"):
+                for kind in grids:
                     scheduler = factory(kind)
                     steps = budget
                     while True:  # the largest step count whose evaluations fit the budget
@@ -495,6 +497,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prior", action="append", default=[], metavar="DIR",
                         help="also (or with --no-mixture, only) the table of a trained prior; repeatable")
     parser.add_argument("--no-mixture", action="store_true", help="skip the Gaussian-mixture table and the overhead")
+    parser.add_argument("--no-tuned", action="store_true", help="trained priors: skip the optimised grids (minutes each)")
+    parser.add_argument("--grids", default="karras,loglinear", help="trained priors: fixed grids tried (best kept)")
     parser.add_argument("--only-fitted", action="store_true",
                         help="trained priors: only the learned, DPM-Solver-v3 and GENIE rows (and the best peer's, from --peers-json)")
     parser.add_argument("--no-fitted", action="store_true",
@@ -525,7 +529,7 @@ def main(argv=None) -> int:
                                 ref_steps=args.ref_steps, cache=args.cache, log=log)
         results = accuracy(problem, [n for n in nfes if n <= 20] or nfes, log=log,
                            extra_rows=[] if args.no_fitted else [learned_rows, dpm_solver_v3_rows, genie_rows],
-                           only_extra=args.only_fitted)
+                           only_extra=args.only_fitted, tuned=not args.no_tuned, grids=tuple(args.grids.split(",")))
         verdicts[problem.name] = report(problem, results, [n for n in nfes if n <= 20] or nfes, log=print)
         payload["problems"][problem.name] = results
 
