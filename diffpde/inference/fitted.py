@@ -145,10 +145,11 @@ def describe(state: Any) -> str:
     """One line about a fitted state (for the command line)."""
     if isinstance(state, LearnedSolver):
         info = state.info or {}
-        err = info.get("val_rms") or info.get("best_val_rms")
+        start, best = info.get("init_val_rms"), info.get("val_rms")
         return (f"learned solver, {state.nfe} steps, base {state.base}, grid "
                 + " ".join(f"{s:.3g}" for s in state.sigmas.tolist())
-                + (f", held-out rms {err if isinstance(err, (int, float)) else err}" if err is not None else ""))
+                + (f", validation rms {start:.4g} -> {best:.4g}" if isinstance(start, float) and isinstance(best, float)
+                   else ""))
     if isinstance(state, EMS):
         return f"DPM-Solver-v3 statistics on {tuple(state.l.shape[0:1])[0]} noise levels, shape {list(state.shape)}"
     return type(state).__name__
