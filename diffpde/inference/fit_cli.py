@@ -21,9 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--solver", required=True, choices=("learned", "dpm_solver_v3"))
     p.add_argument("--nfe", type=int, nargs="+", default=None, help="NFE budgets (learned; one solver each)")
     p.add_argument("--refit", action="store_true", help="fit again even when a state for these weights exists")
-    p.add_argument("--n-fit", type=int, default=32, help="learned: fit noises (a quarter held out for validation)")
+    p.add_argument("--n-fit", type=int, default=48, help="learned: fit noises (a quarter held out for validation)")
     p.add_argument("--ref-steps", type=int, default=200, help="learned: Heun steps of the reference end points")
-    p.add_argument("--iterations", type=int, default=80, help="learned: optimiser iterations")
+    p.add_argument("--iterations", type=int, default=150, help="learned: optimiser iterations")
     p.add_argument("--samples", type=int, default=128, help="dpm_solver_v3: prior samples the statistics are measured on")
     p.add_argument("--n-grid", type=int, default=24, help="dpm_solver_v3: noise levels of the statistics")
     return p
