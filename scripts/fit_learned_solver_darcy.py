@@ -55,8 +55,8 @@ def run(denoiser, name: str, noise: torch.Tensor, grid, batch: int = 16, **optio
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prior", default="/work/priors/darcy_demo")
-    parser.add_argument("--ref", default="/work/priors/darcy_demo_ref.pt")
+    parser.add_argument("--prior", required=True, help="the demo Darcy prior directory (e.g. ~/.cache/diffpde/demo/darcy32-*/prior)")
+    parser.add_argument("--ref", required=True, help="reference end points (torch file, see the docstring)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 6, 8, 10, 16, 20])
     parser.add_argument("--steps", type=int, default=80, help="Adam iterations per NFE")
     parser.add_argument("--lr", type=float, default=0.01)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--slack", type=float, default=0.0)
     parser.add_argument("--val-fraction", type=float, default=0.25)
     parser.add_argument("--extra-fit", type=int, default=0, help="more fit noises (seed 2), 400-step Heun end points")
-    parser.add_argument("--extra-cache", default="/tmp/darcy_demo_ref_extra.pt")
+    parser.add_argument("--extra-cache", default=str(Path.home() / ".cache" / "diffpde" / "darcy_demo_ref_extra.pt"))
     parser.add_argument("--grids", default=None, help="cache of the tuned grids (torch file, keys 'solver:nfe')")
     parser.add_argument("--no-baselines", action="store_true", help="only the tuned DPM-Solver++(2M) start")
     parser.add_argument("--continue-from", default=None, help="directory of saved solvers to continue fitting from")
