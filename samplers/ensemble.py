@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import torch
 
 from ._core import Denoiser, Run, Tensor, check_finite, randn_like
-from .smc import TDSResult, effective_sample_size, systematic_resample
+from .smc import TDSResult, effective_sample_size, resampling_step
 
 LogLikelihood = Callable[[Tensor, float], Tensor]
 
@@ -171,15 +171,10 @@ def ensemble(denoiser: Denoiser, log_likelihood: LogLikelihood, x: Tensor, sigma
     old_x0 = old_guided = h_last = None                 # the previous step's denoiser outputs (order 2)
     ess_hist, resampled_hist = [], []
     for i, sigma, sigma_next in run.steps():
-        ess = effective_sample_size(log_w)
-        resample = ess < ess_threshold * k
+        ess, resample, idx, log_w, log_z = resampling_step(log_w, log_z, ess_threshold, generator)
         ess_hist.append(ess)
         resampled_hist.append(resample)
-        if resample.any():
-            idx = torch.where(resample[:, None], systematic_resample(log_w, generator),
-                              torch.arange(k, device=log_w.device).expand(b, k))
-            log_z = log_z + torch.where(resample, torch.logsumexp(log_w, 1) - math.log(k), 0.0)
-            log_w = torch.where(resample[:, None], torch.zeros_like(log_w), log_w)
+        if idx is not None:
             x, x0, grad = (gather(t, idx) for t in (x, x0, grad))
             if old_x0 is not None:
                 old_x0, old_guided = gather(old_x0, idx), gather(old_guided, idx)

@@ -83,6 +83,26 @@ def systematic_resample(log_weights: Tensor, generator: torch.Generator | None =
 
 
 @torch.no_grad()
+def resampling_step(log_weights: Tensor, log_z: Tensor, ess_threshold: float,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """ESS-triggered systematic resampling of the rows of ``log_weights [B, K]`` (shared by the particle samplers).
+
+    Rows whose effective sample size is below ``ess_threshold * K`` are resampled: their weights reset to 0 and
+    the mean weight goes into the evidence ``log_z [B]``. Returns ``(ess, resampled [B], idx [B, K] or None,
+    log_weights, log_z)``; ``idx`` (the identity on rows not resampled) is ``None`` when no row is resampled.
+    """
+    b, k = log_weights.shape
+    ess = effective_sample_size(log_weights)
+    resample = ess < ess_threshold * k
+    if not resample.any():
+        return ess, resample, None, log_weights, log_z
+    idx = torch.where(resample[:, None], systematic_resample(log_weights, generator),
+                      torch.arange(k, device=log_weights.device).expand(b, k))
+    log_z = log_z + torch.where(resample, torch.logsumexp(log_weights, 1) - math.log(k), 0.0)
+    log_weights = torch.where(resample[:, None], torch.zeros_like(log_weights), log_weights)
+    return ess, resample, idx, log_weights, log_z
+
+
 def tds(denoiser: Denoiser, log_likelihood: Callable[[Tensor], Tensor], x: Tensor, sigmas: Sequence[float] | Tensor,
         *, ess_threshold: float = 0.5, twist_scale: float = 1.0,
         twist: Callable[[Tensor, float], Tensor] | None = None, generator: torch.Generator | None = None,
@@ -155,15 +175,10 @@ def tds(denoiser: Denoiser, log_likelihood: Callable[[Tensor], Tensor], x: Tenso
     log_z = torch.zeros(b, dtype=log_w.dtype, device=log_w.device)
     ess_hist, resampled_hist = [], []
     for i, sigma, sigma_next in run.steps():
-        ess = effective_sample_size(log_w)
-        resample = ess < ess_threshold * k
+        ess, resample, idx, log_w, log_z = resampling_step(log_w, log_z, ess_threshold, generator)
         ess_hist.append(ess)
         resampled_hist.append(resample)
-        if resample.any():
-            idx = torch.where(resample[:, None], systematic_resample(log_w, generator),
-                              torch.arange(k, device=log_w.device).expand(b, k))
-            log_z = log_z + torch.where(resample, torch.logsumexp(log_w, 1) - math.log(k), 0.0)
-            log_w = torch.where(resample[:, None], torch.zeros_like(log_w), log_w)
+        if idx is not None:
             x, x0, grad = (gather(t, idx) for t in (x, x0, grad))
             log_t = torch.gather(log_t, 1, idx)
         if sigma_next == 0:
