@@ -42,8 +42,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ._core import Denoiser, Run, Tensor, check_finite, randn_like
-from .smc import TDSResult, effective_sample_size, resampling_step
+from ._core import Denoiser, Run, Tensor, randn_like
+from .smc import TDSResult, close_weights, particle_step_end, resampling_step
 
 LogLikelihood = Callable[[Tensor, float], Tensor]
 
@@ -223,13 +223,8 @@ def ensemble(denoiser: Denoiser, log_likelihood: LogLikelihood, x: Tensor, sigma
                     x = x + eta * ((x0 - x) / sigma_next**2 + grad) + math.sqrt(2 * eta) * randn_like(x, generator)
                     x0 = run.denoise(x, sigma_next)
                     ll, grad, lap = evaluate(x, sigma_next)
-        check_finite(x, f"the particles after step {i} (sigma={sigma_next:g})")
-        check_finite(torch.logsumexp(log_w, 1), f"the log-weights after step {i} (sigma={sigma_next:g})")
-        if callback is not None:
-            callback({"step": i, "sigma": sigma, "sigma_next": sigma_next, "x": x.reshape(b, k, *event),
-                      "denoised": x0.reshape(b, k, *event), "log_weights": log_w, "ess": ess, "nfe": run.nfe})
-    ess_hist.append(effective_sample_size(log_w))
-    log_z = log_z + torch.logsumexp(log_w, 1) - math.log(k)
+        particle_step_end(i, sigma, sigma_next, x, x0, log_w, ess, run.nfe, callback)
+    log_z = close_weights(log_w, log_z, ess_hist)
     run.finish(x)
     if stats is not None:
         stats["vjp_count"] = grads

@@ -103,6 +103,25 @@ def resampling_step(log_weights: Tensor, log_z: Tensor, ess_threshold: float,
     return ess, resample, idx, log_weights, log_z
 
 
+def particle_step_end(i: int, sigma: float, sigma_next: float, x: Tensor, denoised: Tensor, log_weights: Tensor,
+                      ess: Tensor, nfe: int, callback=None) -> None:
+    """The end of a particle sampler's step (``x``, ``denoised`` of shape ``[B * K, ...]``, ``log_weights [B, K]``):
+    non-finite particles or weights are an error naming the step; the callback sees ``[B, K, ...]`` views."""
+    check_finite(x, f"the particles after step {i} (sigma={sigma_next:g})")
+    check_finite(torch.logsumexp(log_weights, 1), f"the log-weights after step {i} (sigma={sigma_next:g})")
+    if callback is not None:
+        b, k = log_weights.shape
+        callback({"step": i, "sigma": sigma, "sigma_next": sigma_next, "x": x.reshape(b, k, *x.shape[1:]),
+                  "denoised": denoised.reshape(b, k, *x.shape[1:]), "log_weights": log_weights, "ess": ess, "nfe": nfe})
+
+
+def close_weights(log_weights: Tensor, log_z: Tensor, ess_history: list) -> Tensor:
+    """After the last step: the final ESS appended to ``ess_history``; returns the evidence ``log_z`` with the
+    final mean weight included."""
+    ess_history.append(effective_sample_size(log_weights))
+    return log_z + torch.logsumexp(log_weights, 1) - math.log(log_weights.shape[1])
+
+
 def tds(denoiser: Denoiser, log_likelihood: Callable[[Tensor], Tensor], x: Tensor, sigmas: Sequence[float] | Tensor,
         *, ess_threshold: float = 0.5, twist_scale: float = 1.0,
         twist: Callable[[Tensor, float], Tensor] | None = None, generator: torch.Generator | None = None,
@@ -196,13 +215,8 @@ def tds(denoiser: Denoiser, log_likelihood: Callable[[Tensor], Tensor], x: Tenso
             x0, log_t_next, grad = evaluate(x, sigma_next)
             log_w = log_w + log_pq.reshape(b, k) + log_t_next - log_t
             log_t = log_t_next
-        check_finite(x, f"the particles after step {i} (sigma={sigma_next:g})")
-        check_finite(torch.logsumexp(log_w, 1), f"the log-weights after step {i} (sigma={sigma_next:g})")
-        if callback is not None:
-            callback({"step": i, "sigma": sigma, "sigma_next": sigma_next, "x": x.reshape(b, k, *event),
-                      "denoised": x0.reshape(b, k, *event), "log_weights": log_w, "ess": ess, "nfe": run.nfe})
-    ess_hist.append(effective_sample_size(log_w))
-    log_z = log_z + torch.logsumexp(log_w, 1) - math.log(k)
+        particle_step_end(i, sigma, sigma_next, x, x0, log_w, ess, run.nfe, callback)
+    log_z = close_weights(log_w, log_z, ess_hist)
     run.finish(x)
     if stats is not None:
         stats["vjp_count"] = vjp_count
