@@ -9,11 +9,11 @@ from .observations import (
 )
 from .posterior_io import read_posterior, write_posterior
 from .sampling import Sampling, sample_batches
-from .tasks import Posterior, forward, inverse, reconstruct
+from .tasks import Posterior, forward, inverse, reconstruct, simulate
 
 __all__ = [
     "CallableObservation", "EvaluationResult", "GaussianPrior", "LinearObservation", "METHODS", "MaskObservation",
     "ObservationOperator", "Observations", "Posterior", "Sampling", "SensorColumns", "SparsePoints",
     "StackedObservation", "evaluate_dataset", "forward", "get_method", "inverse", "read_posterior", "reconstruct",
-    "sample_batches", "write_posterior",
+    "sample_batches", "simulate", "write_posterior",
 ]

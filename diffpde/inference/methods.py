@@ -10,7 +10,7 @@ representation.
 | -------------- | ----------------------------- | --------------------- | ------------------------------------- |
 | ``dps``        | differentiable                | any                   | gradient guidance through the denoiser |
 | ``covariance`` | differentiable (linearised)   | any                   | Tweedie covariance + CG, noise-aware   |
-| ``projection`` | mask, identity representation | any                   | step-end inpainting of observed entries |
+| ``projection`` | mask, affine representation   | any                   | step-end inpainting of observed entries |
 | ``tds``        | differentiable                | its own (SMC)         | twisted sequential Monte Carlo          |
 | ``ensemble``   | differentiable                | its own (particles)   | approximation-free ensemble (AFDPS)     |
 | ``diffusionpde`` | differentiable              | Heun (DiffusionPDE's) | fixed-weight gradients, PDE term late   |
@@ -27,7 +27,7 @@ import torch
 import samplers
 from samplers.covariance import CovarianceGuidance
 from samplers.ensemble import ensemble as ensemble_sampler
-from samplers.guidance import DPSGuidance, HeunStepGuidance, inpaint
+from samplers.guidance import DPSGuidance, HeunStepGuidance, inpaint, inpaint_decoded
 from samplers.smc import tds as tds_sampler
 
 from .observations import ObservationOperator, require
@@ -47,8 +47,10 @@ class Setting:
     noise_std:  ``[N, m]`` observation noise standard deviation used by the likelihood, one row per sample chain (physical units).
     pde_residual: ``fields -> [N, ...]`` residual in physical units, or ``None``.
     sigmas:     float64 grid ending in 0;  x: initial state ``[N, *latent]`` at ``sigmas[0]``.
-    encode, pixel_fields: for identity representations, physical generated fields -> ``z`` and the
-                field of each channel of ``z`` (``None`` otherwise).
+    encode, pixel_fields: for affine representations (identity, wavelet), physical generated fields
+                -> ``z`` and the names of the generated fields in channel order (``None`` otherwise).
+    representation: the prior's representation when it is affine but not the identity (``None``
+                for the identity): ``projection`` then overwrites decoded values (normalised frame).
     callback:   passed to the solver: ``callback(info)`` after each step (progress).
     """
 
@@ -67,6 +69,7 @@ class Setting:
     num_samples: int
     encode: Callable[[Mapping[str, Tensor]], Tensor] | None = None
     pixel_fields: tuple[str, ...] | None = None
+    representation: Any = None
     callback: Callable[[dict], object] | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
@@ -179,22 +182,35 @@ def covariance(s: Setting, *, cg_iters: int = 4, pde_std: float | None = None, m
 
 
 def projection(s: Setting) -> Tensor:
-    """Hard data consistency: observed entries replaced by the observation noised to each step's sigma."""
+    """Hard data consistency: observed entries replaced by the observation noised to each step's sigma.
+
+    In pixel space the observed entries of the state are set (:func:`samplers.guidance.inpaint`); with
+    an affine representation such as the wavelet one, the decoded (normalised) values are set and the
+    change is written back to the coefficients (:func:`samplers.guidance.inpaint_decoded`): a fully
+    given field is exact replacement of its coefficients (WDNO's conditioning), a partly given one
+    (an initial time row) the usual inpainting approximation.
+    """
     require(s.operator, "projection", mask=True, linear=True)
     if s.encode is None or s.pixel_fields is None:
-        raise TypeError("projection needs a prior whose representation is the identity (pixel-space diffusion)")
+        raise TypeError("projection needs a prior whose representation is affine with an exact inverse "
+                        "(identity or wavelet)")
     masks = s.operator.masks()
     outside = sorted(set(masks) - set(s.pixel_fields))
     if outside:
         raise ValueError(f"projection can only constrain generated fields {list(s.pixel_fields)}; "
                          f"the operator observes {outside}")
     scattered = s.operator.adjoint(s.y.to(s.x))       # observed values at their grid entries
-    template = s.x[:, 0]
+    template = next(iter(scattered.values()))
     full = {name: scattered.get(name, torch.zeros_like(template)) for name in s.pixel_fields}
     observed = s.encode(full)                         # normalised observations (exact where observed)
     mask = torch.stack([masks[name].to(s.x.device) if name in masks else torch.zeros_like(template[0], dtype=torch.bool)
-                        for name in s.pixel_fields]).expand_as(s.x)
-    z = s.solve(s.denoiser, hooks=[inpaint(mask, observed, s.generator)])
+                        for name in s.pixel_fields])
+    if s.representation is None:
+        hook = inpaint(mask.expand_as(s.x), observed, s.generator)
+    else:
+        rep = s.representation
+        hook = inpaint_decoded(mask, rep.decode(observed), rep.encode, rep.decode, s.generator)
+    z = s.solve(s.denoiser, hooks=[hook])
     s.diagnostics["vjp"] = 0
     return z
 

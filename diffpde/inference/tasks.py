@@ -65,6 +65,11 @@ def _is_identity(prior) -> bool:
     return getattr(getattr(prior, "representation", None), "kind", None) == "identity"
 
 
+def _is_affine(prior) -> bool:
+    """Identity, or a representation whose encode/decode are affine with an exact inverse (wavelet)."""
+    return _is_identity(prior) or bool(getattr(getattr(prior, "representation", None), "affine", False))
+
+
 def _repeat(t: Tensor, k: int) -> Tensor:
     return t.repeat_interleave(k, dim=0)
 
@@ -208,8 +213,9 @@ def reconstruct(
         pde_residual=_pde_residual(prior), sigmas=sigmas, x=noise * float(sigmas[0]),
         solver=solver, solver_options=solver_options, generator=generator,
         num_instances=b, num_samples=k,
-        encode=prior.encode_fields if _is_identity(prior) else None,
-        pixel_fields=tuple(prior.fields) if _is_identity(prior) else None,
+        encode=prior.encode_fields if _is_affine(prior) else None,
+        pixel_fields=tuple(prior.fields) if _is_affine(prior) else None,
+        representation=None if _is_identity(prior) or not _is_affine(prior) else prior.representation,
     )
     bar = None
     if progress:
@@ -306,3 +312,112 @@ def forward(prior, coefficients: Mapping[str, Tensor], *, observations: Observat
 def inverse(prior, observations: Observations, **options) -> Posterior:
     """Inverse problem: the solution is observed (sparsely); coefficients and solution are sampled."""
     return reconstruct(prior, observations, **options)
+
+
+def _time_axis(prior, name: str, axis: str) -> int:
+    """Index (among the grid axes) of the axis named ``axis`` of field ``name`` of the prior's problem."""
+    try:
+        dims = tuple(prior.problem.field(name).dims)
+    except (ValueError, KeyError, AttributeError):
+        dims = None
+    if dims is None or axis not in dims:
+        raise ValueError(f"simulate: the prior's problem does not name a {axis!r} axis for field {name!r} "
+                         f"(dims {list(dims) if dims else None}); pass a trajectory prior")
+    return dims.index(axis)
+
+
+def simulate(prior, *, initial: Mapping[str, Tensor] | None = None, given: Mapping[str, Tensor] | None = None,
+             axis: str = "t", noise_std: float = 1e-3, method: str = "covariance", n_samples: int = 1,
+             **options) -> Posterior:
+    """Conditional simulation of whole trajectories, ``p(trajectory | initial state, given fields)``.
+
+    Arguments:
+        initial: ``{field: [B, *grid without the time axis]}``, the first time slice of a generated
+                 trajectory field (``u(t=0) = u0``), or the value of a conditioning field of a
+                 conditional prior (broadcast along time when it lacks the time axis).
+        given:   ``{field: [B, *grid]}`` whole fields known in advance (the forcing ``f``): the
+                 conditioning fields of a conditional prior (network inputs), or fields of a joint
+                 prior that are then observed everywhere.
+        axis:    the name of the time axis in the problem's field dims.
+        noise_std: observation noise of what is observed (joint priors; physical units).
+        method:  how observed parts condition a joint prior: ``covariance`` (default), ``dps``,
+                 ``projection`` (WDNO's way: the given values are written into every step's state, in
+                 pixel or wavelet space), ...; all of :func:`reconstruct`. With a conditional prior
+                 whose conditioning fields cover everything given, the prior is sampled directly.
+        options: ``solver``, ``steps``, ``schedule``, ``generator``, ``seed``, ... of :func:`reconstruct`.
+
+    Returns the :class:`Posterior` of the generated fields (``n_samples`` per instance).
+    """
+    initial, given = dict(initial or {}), dict(given or {})
+    if not initial and not given:
+        raise ValueError("simulate needs an initial state or given fields (else sample the prior)")
+    cond_names = tuple(getattr(prior, "cond_fields", ()))
+    cond: dict[str, Tensor] = {}
+    ops, values = [], []
+    for name, value in given.items():
+        value = torch.as_tensor(value, dtype=torch.float64)
+        if name in cond_names:
+            cond[name] = value
+        elif name in prior.fields:
+            value = value.reshape(-1, *prior.grid_shape)
+            ops.append(_full_mask_operator(name, prior.grid_shape, noise_std))
+            values.append(value.reshape(value.shape[0], -1))
+        else:
+            raise KeyError(f"simulate: given field {name!r} is neither generated nor a conditioning field of "
+                           f"the prior (generated {list(prior.fields)}, conditioning {list(cond_names)})")
+    for name, value in initial.items():
+        value = torch.as_tensor(value, dtype=torch.float64)
+        if name in cond_names:
+            if value.ndim == len(prior.grid_shape):       # [B, *grid without t]: broadcast along time
+                k = _time_axis(prior, name, axis)
+                value = value.unsqueeze(1 + k).expand(-1, *prior.grid_shape)
+            cond[name] = value
+            continue
+        if name not in prior.fields:
+            raise KeyError(f"simulate: initial field {name!r} is not a field of the prior ({list(prior.fields)})")
+        k = _time_axis(prior, name, axis)
+        want = prior.grid_shape[:k] + prior.grid_shape[k + 1:]
+        value = value.reshape(-1, *want)
+        mask = torch.zeros(prior.grid_shape, dtype=torch.bool)
+        mask.select(k, 0).fill_(True)
+        ops.append(MaskObservation(name, mask, noise_std))
+        values.append(value.reshape(value.shape[0], -1))
+    missing = [n for n in cond_names if n not in cond]
+    if missing:
+        raise ValueError(f"simulate: the prior needs its conditioning field(s) {missing}")
+    if ops:
+        observations = Observations(StackedObservation(ops) if len(ops) > 1 else ops[0], torch.cat(values, 1))
+        return reconstruct(prior, observations, method=method, n_samples=n_samples, cond=cond or None, **options)
+    return _sample_conditional(prior, cond, n_samples=n_samples, **options)
+
+
+def _sample_conditional(prior, cond: Mapping[str, Tensor], *, n_samples: int = 1, solver: str | None = None,
+                        steps: int = 20, schedule: str | Sequence[float] | Tensor = "karras",
+                        generator: torch.Generator | None = None, seed: int | None = None,
+                        solver_options: Mapping[str, Any] | None = None, **unused) -> Posterior:
+    """Samples of a conditional prior for each instance of ``cond``, as a :class:`Posterior`."""
+    unknown = sorted(k for k, v in unused.items() if v is not None)
+    if unknown:
+        raise ValueError(f"simulate: option(s) {unknown} only apply to observed (joint) priors")
+    b = max(torch.as_tensor(v).shape[0] for v in cond.values())
+    k = int(n_samples)
+    if generator is None:
+        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    solver = solver or "dpmpp_2m"
+    solver_options = _solver_options(solver, solver_options)
+    sigmas = prior.sigmas(steps, schedule)
+    if solver in FITTED_SOLVERS and FITTED_SOLVERS[solver] not in solver_options:
+        grid, fitted_options = fitted_solver(prior, solver, sigmas.numel() - 1)
+        solver_options.update(fitted_options)
+        if grid is not None:
+            sigmas = grid
+    repeated = {n: _repeat(torch.as_tensor(v).expand(b, *prior.grid_shape), k) for n, v in cond.items()}
+    stats: dict[str, Any] = {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = prior.sample(b * k, solver=solver, schedule=sigmas, generator=generator, cond=repeated,
+                           stats=stats, **solver_options)
+    wall = time.perf_counter() - start
+    samples = {n: v.reshape(b, k, *v.shape[1:]).to(torch.float64) for n, v in out.items() if n in prior.fields}
+    return Posterior(samples, {"method": "conditional", "solver": solver, "steps": sigmas.numel() - 1,
+                               "nfe": stats.get("nfe"), "wall_time": wall, "vjp": 0})

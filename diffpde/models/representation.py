@@ -43,6 +43,11 @@ class Representation(Configurable, nn.Module):
     #: whether :meth:`fit` needs the names of the grid axes (``dims``) it was not given yet.
     needs_dims: bool = False
 
+    #: whether ``encode`` and ``decode`` are affine with ``decode(encode(x)) = x``: then adding
+    #: ``encode(x + d) - encode(x)`` to ``z`` changes ``decode(z)`` by exactly ``d``, which is how the
+    #: ``projection`` method overwrites observed values in any such representation.
+    affine: bool = False
+
     def fit(self, field_shape: Sequence[int], data: Tensor | None = None, dims: Sequence[str] | None = None) -> None:
         """Adapt to the fields of a fresh prior: their shape ``(C, *grid)``, normalised training
         samples ``[N, C, *grid]`` (or ``None``) and the names of the grid axes. Identity needs nothing."""
@@ -51,6 +56,8 @@ class Representation(Configurable, nn.Module):
 @register("representation", "identity")
 class Identity(Representation):
     """Diffusion directly on the (normalised) fields: ``z = fields``."""
+
+    affine = True
 
     @register_to_config
     def __init__(self) -> None:

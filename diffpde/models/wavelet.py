@@ -230,6 +230,8 @@ class Wavelet(Representation):
         mean, std: per (field, subband) statistics (filled in by :meth:`fit`).
     """
 
+    affine = True   # linear transform, then a per-(field, subband) shift and scale
+
     @register_to_config
     def __init__(
         self,

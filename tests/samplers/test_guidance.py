@@ -239,3 +239,51 @@ def test_heun_step_guidance_refuses_other_solvers():
     guided = HeunStepGuidance(den, lambda d, step, sigma_next: d.flatten(1).sum(1), sigmas)
     with pytest.raises(RuntimeError, match="heun solver only: step 0 made 1 denoiser call"):
         SOLVERS["euler"](guided.denoiser, torch.randn(2, 2, 3, dtype=F64), sigmas, hooks=[guided.hook])
+
+
+def test_inpaint_decoded_with_the_identity_is_inpaint_draw_for_draw():
+    from samplers.guidance import inpaint_decoded
+
+    den = mixture()
+    sigmas = karras(8, 0.01, 20.0)
+    x = 20.0 * torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    observed = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    ident = lambda v: v  # noqa: E731
+    runs = [SOLVERS["euler_ancestral"](den, x, sigmas, hooks=[hook], generator=torch.Generator().manual_seed(4))
+            for hook in (inpaint(mask, observed, torch.Generator().manual_seed(3)),
+                         inpaint_decoded(mask, observed, ident, ident, torch.Generator().manual_seed(3)))]
+    assert torch.allclose(runs[0], runs[1], rtol=0, atol=1e-12)
+
+
+def test_inpaint_decoded_sets_decoded_values_through_an_affine_code():
+    """A scaled orthogonal transform plus padding: decoded observed values end exact, noise law kept."""
+    from samplers.guidance import inpaint_decoded
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=F64))
+    scale = torch.linspace(0.5, 2.0, 6, dtype=F64)
+    shift = torch.randn(6, generator=g, dtype=F64)
+
+    def encode(v):                       # [B, 6] -> [B, 8] (two padding entries, always 0)
+        z = (v @ q) / scale - shift
+        return torch.cat([z, torch.zeros(v.shape[0], 2, dtype=v.dtype)], 1)
+
+    def decode(z):
+        return ((z[:, :6] + shift) * scale) @ q.T
+
+    mask = torch.tensor([True, False, True, False, False, True])
+    observed = torch.randn(6, generator=g, dtype=F64)
+    hook = inpaint_decoded(mask, observed, encode, decode, torch.Generator().manual_seed(1))
+    z = torch.randn(20000, 8, generator=g, dtype=F64)
+    out = hook(z, 0.0, 0, z)
+    assert torch.allclose(decode(out)[:, mask], observed[mask].expand(20000, -1), atol=1e-12)
+    assert torch.allclose(decode(out)[:, ~mask], decode(z)[:, ~mask], atol=1e-12)
+    assert torch.equal(out[:, 6:], z[:, 6:])                    # padding keeps its own noise
+    sigma = 3.0
+    noisy = hook(z, sigma, 0, z)
+    # the observed decoded values carry the state's own noise law: decode(z + sigma eps) - decode(z)
+    resid = decode(noisy)[:, mask] - observed[mask]
+    law = (((sigma * torch.eye(6, dtype=F64)) * scale) @ q.T)[:, mask]     # rows: unit directions of eps
+    cov = law.T @ law
+    assert torch.allclose(torch.cov(resid.T), cov, rtol=0.06, atol=0.06 * cov.diagonal().max())
