@@ -13,6 +13,15 @@ problem, resolution, parameters, seed, sample count or dtype is refused.
 
 Storage is float32 by default (``dtype="float64"`` keeps the solvers' precision).
 
+Captions. A family that writes captions (``PDE.has_captions``) gets ``captions`` phrasings per
+sample (default 4; 0: none) in ``/captions`` (:mod:`diffpde.data.hdf5`), written from the stored
+fields (in the storage dtype) once the file is otherwise complete and before it gets its final
+name, each sample's phrasings drawn with :func:`caption_rng` of its seed, so they do not depend on
+workers, shards or interruptions either (a kill while the captions themselves are written leaves a
+file that completes correctly, though not byte-identical). :func:`add_captions` (``diffpde caption
+FILE``) writes them into an existing file by the same rule: a file generated with ``captions=0``
+and captioned so is byte-identical to one generated with captions.
+
 Shards (several processes or machines). ``shard=(k, count)`` computes only the ``k``-th of
 ``count`` contiguous blocks of sample indices into ``OUT.shard-k-of-count`` (same header, the other
 samples left undone; resumable through its own ``.partial`` like a whole run); :func:`combine_shards`
@@ -31,6 +40,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
 import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -52,12 +62,49 @@ class GenerationError(ValueError):
 
 
 SEED_RULE = "numpy.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, uint64)[0] >> 1"
+CAPTION_SEED_RULE = ("numpy.random.default_rng(numpy.random.SeedSequence(sample_seed, spawn_key=(1,))); "
+                     "an imported sample (seed -1): SeedSequence(index, spawn_key=(2,))")
+DEFAULT_PHRASINGS = 4
 
 
 def sample_seed(seed: int, index: int) -> int:
     """The seed ``PDE.generate`` gets for sample ``index`` of a dataset with seed ``seed`` (< 2**63)."""
     state = np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, np.uint64)[0]
     return int(state >> np.uint64(1))
+
+
+def caption_rng(sample_seed: int, index: int) -> np.random.Generator:
+    """The generator the captions of sample ``index`` (seed ``sample_seed``) are drawn with (``CAPTION_SEED_RULE``)."""
+    if sample_seed >= 0:
+        return np.random.default_rng(np.random.SeedSequence(int(sample_seed), spawn_key=(1,)))
+    return np.random.default_rng(np.random.SeedSequence(int(index), spawn_key=(2,)))
+
+
+def resolve_phrasings(pde: PDE, captions: int | None) -> int:
+    """Caption phrasings per sample: ``captions``, or ``DEFAULT_PHRASINGS`` for a family that writes
+    captions and 0 for one that does not when ``None``."""
+    if captions is None:
+        return DEFAULT_PHRASINGS if pde.has_captions else 0
+    if isinstance(captions, bool) or not isinstance(captions, (int, np.integer)) or captions < 0:
+        raise ValueError(f"{pde.name}: captions (phrasings per sample) must be an integer >= 0, got {captions!r}")
+    if captions and not pde.has_captions:
+        raise ValueError(f"{pde.name}: this family writes no captions; use captions=0 (--captions 0)")
+    return int(captions)
+
+
+def file_captions(f, pde: PDE, phrasings: int, *, progress: bool = False) -> list[list[str]]:
+    """``phrasings`` captions of every sample of an open dataset file, from its stored fields (in the
+    storage dtype, read as float64) and its seeds, in index order."""
+    seeds = f["seeds"][()]
+    out = []
+    names = [fl.name for fl in pde.fields]
+    for i in tqdm(range(len(seeds)), desc="captions", unit="sample", disable=not progress, dynamic_ncols=True):
+        values = {name: np.asarray(f["fields"][name][i], dtype=np.float64) for name in names}
+        try:
+            out.append(pde.caption(values, caption_rng(int(seeds[i]), i), phrasings))
+        except Exception as e:
+            raise GenerationError(f"{pde.name}: captions of sample {i} failed: {type(e).__name__}: {e}") from e
+    return out
 
 
 def resolve_problem(problem: str | PDE, resolution: int | None = None, parameters: Mapping[str, Any] | None = None) -> PDE:
@@ -214,6 +261,7 @@ def generate_dataset(
     progress: bool = True,
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
+    captions: int | None = None,
 ) -> Path:
     """Generate ``n`` samples of ``problem`` into the HDF5 file ``out`` and return its path.
 
@@ -225,6 +273,8 @@ def generate_dataset(
     overwrite:   replace a complete ``out`` (or a partial file) made with other settings.
     shard:       ``(k, count)``: compute only block ``k`` of ``count`` of the sample indices into
                  :func:`shard_path` ``(out, k, count)`` (returned); :func:`combine_shards` joins them.
+    captions:    caption phrasings per sample (module docstring); ``None``: 4 for a family that
+                 writes captions, else 0. Shard files hold none: :func:`combine_shards` writes them.
 
     The work goes to ``<file>.partial`` and is resumed from there after an interruption.
     """
@@ -238,6 +288,7 @@ def generate_dataset(
     if dtype not in hdf5.DTYPES:
         raise ValueError(f"{pde.name}: dtype must be one of {', '.join(hdf5.DTYPES)}, got {dtype!r}")
     n, seed, workers = int(n), int(seed), int(workers)
+    phrasings = resolve_phrasings(pde, captions)
     wanted = range(n)
     if shard is not None:
         k, count = _check_shard(shard, n, pde.name)
@@ -249,6 +300,9 @@ def generate_dataset(
         try:
             info = hdf5.read_info(out, allow_incomplete=True)
             diffs = _same_settings(info, pde, n, seed, dtype) or ([] if _covers(out, wanted, info) else ["incomplete"])
+            if not diffs and shard is None and info.phrasings != phrasings:
+                diffs = [f"captions: {info.phrasings} phrasings per sample vs {phrasings} "
+                         f"(`diffpde caption {out} --phrasings {phrasings}` rewrites only the captions)"]
         except hdf5.FileInUseError:
             raise
         except hdf5.DatasetFileError as e:
@@ -293,8 +347,17 @@ def generate_dataset(
                 bar.update(1)
         if shard is None:
             hdf5.finalize(f)
+    if shard is None and phrasings:
+        _write_captions(partial, pde, phrasings, progress)
     os.replace(partial, out)
     return out
+
+
+def _write_captions(path: Path, pde: PDE, phrasings: int, progress: bool) -> None:
+    """Captions into a finished file, in a session of their own (so that a file captioned later by
+    :func:`add_captions` gets the same bytes)."""
+    with hdf5.open_for_writing(path) as f:
+        hdf5.write_captions(f, file_captions(f, pde, phrasings, progress=progress), CAPTION_SEED_RULE)
 
 
 # -- shards --------------------------------------------------------------------------------------
@@ -330,12 +393,14 @@ def _covers(path: Path, indices: range, info: hdf5.DatasetInfo) -> bool:
         return bool(f["done"][indices.start:indices.stop].all())
 
 
-def combine_shards(out: str | Path, count: int, *, progress: bool = True, keep: bool = False) -> Path:
+def combine_shards(out: str | Path, count: int, *, progress: bool = True, keep: bool = False,
+                   captions: int | None = None) -> Path:
     """Join the ``count`` shard files of ``out`` (written with ``shard=(k, count)``) into ``out``.
 
     Every shard must exist, be finished and come from the same generation (problem, resolution,
-    parameters, seed, sample count, dtype); the result is byte-identical to one unsharded run.
-    The shard files are deleted afterwards unless ``keep``.
+    parameters, seed, sample count, dtype); the result, with ``captions`` phrasings per sample (as
+    :func:`generate_dataset`), is byte-identical to one unsharded run. The shard files are deleted
+    afterwards unless ``keep``.
     """
     out = Path(out)
     paths = [shard_path(out, k, count) for k in range(count)]
@@ -347,6 +412,7 @@ def combine_shards(out: str | Path, count: int, *, progress: bool = True, keep: 
     infos = [hdf5.read_info(p, allow_incomplete=True) for p in paths]
     first = infos[0]
     pde = resolve_problem(first.config["name"], first.config["resolution"], first.config.get("parameters"))
+    phrasings = resolve_phrasings(pde, captions)
     for p, info in zip(paths, infos):
         diffs = _same_settings(info, pde, first.n_samples, first.seed, first.dtype)
         if diffs:
@@ -371,11 +437,69 @@ def combine_shards(out: str | Path, count: int, *, progress: bool = True, keep: 
                     hdf5.write_sample(f, i, {name: src["fields"][name][i] for name in pde.field_names})
                     bar.update(1)
         hdf5.finalize(f)
+    if phrasings:
+        _write_captions(partial, pde, phrasings, progress)
     os.replace(partial, out)
     if not keep:
         for p in paths:
             p.unlink()
     return out
+
+
+# -- captions of an existing file ------------------------------------------------------------------
+
+
+def add_captions(path: str | Path, phrasings: int = DEFAULT_PHRASINGS, *, overwrite: bool = False,
+                 progress: bool = True) -> Path:
+    """Write ``phrasings`` captions per sample into the complete dataset file ``path`` (computed from its
+    stored fields, its family and parameters, and its seeds, as :func:`generate_dataset` writes them).
+
+    A file that has captions is refused unless ``overwrite``. The work is done on a copy
+    (``path.captioning``) that replaces ``path`` at the end, so an interruption leaves ``path`` as it
+    was. (Replacing captions does not reclaim the old ones' space; ``h5repack`` does.)
+    """
+    path = Path(path)
+    info = hdf5.read_info(path)
+    try:
+        pde = resolve_problem(info.problem, info.config["resolution"], info.config.get("parameters"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: cannot rebuild its PDE family from the header ({e})") from None
+    if isinstance(phrasings, bool) or not isinstance(phrasings, (int, np.integer)) or phrasings < 1:
+        raise ValueError(f"{pde.name}: phrasings must be a positive integer, got {phrasings!r}")
+    phrasings = resolve_phrasings(pde, int(phrasings))
+    if [(f.name, f.shape) for f in info.fields] != [(f.name, f.shape) for f in pde.fields]:
+        raise ValueError(f"{path}: its fields {[(f.name, f.shape) for f in info.fields]} are not those of "
+                         f"{pde.name} at resolution {pde.resolution}; cannot compute its captions")
+    if info.phrasings and not overwrite:
+        raise FileExistsError(f"{path} already has captions ({info.phrasings} phrasings per sample); "
+                              "pass overwrite=True (--overwrite) to replace them")
+    work = path.with_name(path.name + ".captioning")
+    shutil.copyfile(path, work)
+    try:
+        _write_captions(work, pde, phrasings, progress)
+        os.replace(work, path)
+    finally:
+        work.unlink(missing_ok=True)
+    return path
+
+
+def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``diffpde caption`` command (:func:`add_captions`)."""
+    p = subparsers.add_parser("caption", help="add captions to an existing dataset file",
+                              description=add_captions.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="a complete dataset file written by `diffpde generate`")
+    p.add_argument("--phrasings", type=int, default=DEFAULT_PHRASINGS,
+                   help=f"phrasings per sample (default {DEFAULT_PHRASINGS})")
+    p.add_argument("--overwrite", action="store_true", help="replace captions the file already has")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    out = add_captions(args.file, args.phrasings, overwrite=args.overwrite, progress=not args.quiet)
+    if not args.quiet:
+        print(f"wrote {args.phrasings} captions per sample into {out}")
+    return 0
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -421,6 +545,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "(automatic under accelerate launch: one shard per process, combined by the main process)")
     p.add_argument("--combine", type=int, metavar="N", help="join the N finished shard files of OUT into OUT")
     p.add_argument("--keep-shards", action="store_true", help="keep the shard files after combining")
+    p.add_argument("--captions", type=int, default=None, metavar="K",
+                   help=f"caption phrasings per sample (default {DEFAULT_PHRASINGS} for families that write "
+                        "captions, else 0; 0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -439,7 +566,8 @@ def run(args: argparse.Namespace) -> int:
     if args.combine is not None:
         if args.combine < 1:
             raise ValueError(f"--combine must be >= 1, got {args.combine}")
-        out = combine_shards(args.out, args.combine, progress=not args.quiet, keep=args.keep_shards)
+        out = combine_shards(args.out, args.combine, progress=not args.quiet, keep=args.keep_shards,
+                             captions=args.captions)
         if not args.quiet:
             print(f"wrote {out}")
         return 0
@@ -450,12 +578,13 @@ def run(args: argparse.Namespace) -> int:
     if state is not None and shard is None:
         shard = (state.process_index, state.num_processes)
     kwargs = dict(resolution=args.resolution, parameters=parameters, seed=args.seed, workers=args.workers,
-                  dtype=args.dtype, overwrite=args.overwrite)
+                  dtype=args.dtype, overwrite=args.overwrite, captions=args.captions)
     out = generate_dataset(args.problem, args.n, args.out, progress=not args.quiet, shard=shard, **kwargs)
     if state is not None and not args.shard:
         state.wait_for_everyone()
         if state.is_main_process:
-            out = combine_shards(args.out, state.num_processes, progress=not args.quiet, keep=args.keep_shards)
+            out = combine_shards(args.out, state.num_processes, progress=not args.quiet, keep=args.keep_shards,
+                                 captions=args.captions)
         state.wait_for_everyone()
     if not args.quiet and (state is None or state.is_main_process):
         print(f"wrote {out}")

@@ -12,6 +12,16 @@ Layout (``format = "diffpde.fields"``, ``format_version = 1``)::
                            attrs: name, role, dims (JSON), description, mean, std, min, max
     /seeds                 int64 [n_samples]  the seed ``PDE.generate`` got for each sample (-1: imported)
     /done                  uint8 [n_samples]  1 once the sample is completely written
+    /captions              (optional) variable-length UTF-8 strings [n_samples, K]: K phrasings of a
+                           caption of each sample (:mod:`diffpde.pdes.captions`);
+                           attrs: phrasings (K), seed_rule (how each sample's phrasings were drawn)
+
+Captions. They are a function of a sample's stored fields, the family's parameters and the
+sample's seed (``seed_rule``), so they are written after the rest of the file is complete, in
+index order (variable-length strings live in the file's heap, whose layout would otherwise follow
+the order workers deliver samples in), by :func:`write_captions`; ``diffpde caption`` adds them to
+an existing file the same way. Read them with :func:`read_captions`, or with h5py:
+``h5py.File(path)["captions"][i].astype(str)`` (``.asstr()[i]`` on the dataset also works).
 
 Statistics (``mean``, ``std`` (population, ddof = 0), ``min``, ``max``) are per field, over all
 samples and all grid points, computed in float64 from the stored values, and written only when
@@ -84,6 +94,7 @@ class DatasetInfo:
     n_done: int
     stats: dict[str, dict[str, float]] | None  # field -> mean/std/min/max; None unless complete
     attrs: dict[str, Any] = field(default_factory=dict)  # the remaining root attributes
+    phrasings: int = 0  # caption phrasings per sample in /captions (0: no captions)
 
     @property
     def problem(self) -> str:
@@ -205,6 +216,22 @@ def _stats(dset: h5py.Dataset, block_bytes: int = 1 << 26) -> dict[str, float]:
     return {"mean": mean, "std": math.sqrt(m2 / count), "min": lo, "max": hi}
 
 
+def write_captions(f: h5py.File, captions: Sequence[Sequence[str]], seed_rule: str = "") -> None:
+    """Store ``captions`` (``n_samples`` lists of ``K`` strings) as ``/captions``, replacing any there."""
+    n = int(_attr(f, "n_samples"))
+    rows = [list(map(str, row)) for row in captions]
+    k = len(rows[0]) if rows else 0
+    if len(rows) != n or k == 0 or any(len(row) != k for row in rows):
+        raise ValueError(f"{f.filename}: captions must be {n} rows of the same number (>= 1) of strings")
+    if "captions" in f:
+        del f["captions"]
+    d = f.create_dataset("captions", shape=(n, k), dtype=h5py.string_dtype("utf-8"), track_times=False)
+    d[...] = np.array(rows, dtype=object)
+    d.attrs["phrasings"] = np.int64(k)
+    d.attrs["seed_rule"] = seed_rule
+    f.flush()
+
+
 def finalize(f: h5py.File) -> None:
     """Compute and store the statistics of a file whose samples are all done, then mark it complete."""
     done = f["done"][()]
@@ -306,8 +333,13 @@ def _parse_header(f: h5py.File, path: Path, allow_incomplete: bool) -> DatasetIn
         stats = {fl.name: {k: float(f["fields"][fl.name].attrs[k]) for k in ("mean", "std", "min", "max")} for fl in fields}
     known = {"config", "field_names", "n_samples", "seed", "dtype", "complete"}
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items() if k not in known}
+    phrasings = 0
+    if "captions" in f:
+        phrasings = int(f["captions"].attrs.get("phrasings", f["captions"].shape[-1]))
+        if f["captions"].shape != (n, phrasings):
+            raise DatasetFileError(f"{path}: /captions has shape {f['captions'].shape}, expected ({n}, {phrasings})")
     return DatasetInfo(path, config, tuple(fields), grid, n, int(_attr(f, "seed")), str(_attr(f, "dtype")),
-                       complete, n_done, stats, attrs)
+                       complete, n_done, stats, attrs, phrasings)
 
 
 def done_indices(f: h5py.File) -> np.ndarray:
@@ -334,3 +366,20 @@ def read_fields(path: str | Path, names: Iterable[str] | None = None, indices: S
             else:
                 out[name] = np.stack([d[int(i)] for i in indices]) if len(indices) else np.empty((0, *d.shape[1:]), d.dtype)
         return out
+
+
+def read_captions(source: str | Path | h5py.File, index: int | None = None) -> list[str] | list[list[str]]:
+    """The caption phrasings of sample ``index`` (``K`` strings), or of every sample (``None``) from a
+    dataset file (a path or an open ``h5py.File``); a clear error if the file has none."""
+    if not isinstance(source, h5py.File):
+        with open_file(source) as f:
+            return read_captions(f, index)
+    if "captions" not in source:
+        raise DatasetFileError(f"{source.filename} has no captions; add them with `diffpde caption {source.filename}`")
+    d = source["captions"].asstr()
+    if index is None:
+        return [list(row) for row in d[()]]
+    n = source["captions"].shape[0]
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -n <= index < n:
+        raise IndexError(f"{source.filename}: sample index {index!r} out of range for {n} samples")
+    return list(d[int(index) % n])

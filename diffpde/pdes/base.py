@@ -10,7 +10,10 @@ and implements
   solution, float64, as the dataset generator calls it (one seed per sample);
 - ``residual(fields) -> torch.Tensor``: a differentiable residual in physical units on batches
   ``{name: [B, *field.shape]}``; the docstring says which equation it is;
-- ``describe(fields) -> str``: a one-line text description of an instance;
+- ``describe(fields) -> str``: a one-line text description of the family (and of an instance);
+- optionally ``features(fields) -> dict[str, float]`` and a ``caption_vocabulary``
+  (:mod:`diffpde.pdes.captions`): the numbers that describe one instance and the words to state
+  them, from which :meth:`PDE.caption` writes several phrasings per instance (``has_captions``);
 - ``symmetries`` and ``odd_fields``: the exact symmetries of its instances and the fields that
   change sign under them (the maps are :data:`diffpde.data.augment.SYMMETRIES`).
 """
@@ -113,6 +116,9 @@ class PDE(abc.ABC):
     #: symmetry name -> the fields that change sign under it (a velocity or a vorticity under a
     #: reflection, every field of a linear problem under ``negate``); fields not listed keep theirs.
     odd_fields: Mapping[str, tuple[str, ...]] = {}
+    #: the words captions of this family are written with (a :class:`diffpde.pdes.captions.Vocabulary`);
+    #: ``None``: the family writes no captions.
+    caption_vocabulary: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -192,6 +198,46 @@ class PDE(abc.ABC):
     @abc.abstractmethod
     def describe(self, fields: Mapping[str, np.ndarray | torch.Tensor] | None = None) -> str:
         """One-line text description of the family (and of an instance when ``fields`` is given)."""
+
+    # -- captions --------------------------------------------------------------------------------
+
+    @property
+    def has_captions(self) -> bool:
+        """Whether the family computes :meth:`features` and writes captions from them."""
+        return self.caption_vocabulary is not None
+
+    def features(self, fields: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, float]:
+        """Numbers that describe one instance (its parameters and features of its fields), the
+        content of its captions; each family documents its keys. Default: none."""
+        raise NotImplementedError(f"{self.name}: this family computes no caption features")
+
+    def caption(self, fields: Mapping[str, np.ndarray | torch.Tensor], rng: Any, n: int = 4) -> list[str]:
+        """``n`` phrasings of a caption of one instance, written from :meth:`features`;
+        deterministic given ``rng`` (a ``numpy.random.Generator`` or a seed)."""
+        from . import captions
+
+        if not self.has_captions:
+            raise NotImplementedError(f"{self.name}: this family writes no captions")
+        return captions.compose(self.caption_vocabulary, self.features(fields), rng, n)
+
+    def parse_caption(self, text: str, *, precision: bool = False) -> dict[str, Any]:
+        """The numbers a caption of this family states, ``{feature: value}`` (see
+        :func:`diffpde.pdes.captions.parse`)."""
+        from . import captions
+
+        if not self.has_captions:
+            raise NotImplementedError(f"{self.name}: this family writes no captions")
+        return captions.parse(self.caption_vocabulary, text, precision=precision)
+
+    def one_sample(self, fields: Mapping[str, Any], name: str) -> np.ndarray:
+        """Field ``name`` of one instance as a checked float64 array of the field's shape (a leading
+        batch axis of length 1 is dropped); a clear ``KeyError`` if it is missing."""
+        if name not in fields:
+            raise KeyError(f"{self.name}: field {name!r} is needed; got {', '.join(fields) or 'none'}")
+        value = fields[name]
+        arr = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+        shape = self.field(name).shape
+        return self.check_array(name, arr[0] if arr.shape == (1, *shape) else arr)
 
     # -- checks shared by the families -----------------------------------------------------------
 

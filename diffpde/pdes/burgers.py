@@ -42,6 +42,7 @@ from ._spectral import (
     to_numpy,
     wavenumbers,
 )
+from . import captions as cap
 from .base import PDE, Field, Grid, register
 from .grf import grf
 
@@ -115,6 +116,45 @@ def _forcing(forcing: Forcing, t: np.ndarray, x: np.ndarray, u0: torch.Tensor):
     return time_interpolator(f.movedim(-2, 0), t, "burgers")
 
 
+def _shock(f) -> str:
+    return "shock" if f["front_steepness"] > 2 * f["slope0"] else "steep front"
+
+
+_ENERGY = cap.qualitative(("falling", "rising"), lambda f: "rising" if f["energyT"] > f["energy0"] else "falling")
+#: clauses the two Burgers families share: the trajectory's energy and its steepest front
+BURGERS_ENERGY = cap.Clause(("energy {going} from {energy0} to {energyT}",
+                             "energy {energy0} at t = 0 and {energyT} at the end"),
+                            {"energy0": cap.Number("sci", 2), "energyT": cap.Number("sci", 2)}, {"going": _ENERGY})
+BURGERS_FRONT = cap.Clause(
+    ("a {shock} of steepness {front_steepness} at x = {front_x} when t = {front_t}",
+     "its steepest gradient, {front_steepness}, reached at t = {front_t} and x = {front_x}",
+     "a {shock} at x = {front_x} (t = {front_t}) with -u_x up to {front_steepness}"),
+    {"front_x": cap.Number("coord", 2), "front_t": cap.Number("float", 2), "front_steepness": cap.Number("float", 2)},
+    {"shock": cap.qualitative(("steep front", "shock"), _shock)})
+
+CAPTIONS = cap.Vocabulary(
+    openers=(
+        cap.Clause(("1D viscous Burgers flow on a periodic domain", "a periodic Burgers trajectory",
+                    "the viscous Burgers equation on the unit circle",
+                    "a {regime} periodic Burgers solution"),
+                   words={"regime": cap.qualitative(("shock-forming", "smooth"),
+                                                    lambda f: "shock-forming" if _shock(f) == "shock" else "smooth")}),
+    ),
+    clauses=(
+        cap.viscosity(),
+        cap.reynolds(),
+        cap.final_time(),
+        cap.Clause(("initial amplitude {u0_max}", "max |u0| = {u0_max}", "an initial condition of amplitude {u0_max}"),
+                   {"u0_max": cap.Number("float", 2)}),
+        cap.Clause(("initial dominant wavenumber {k0}", "an initial condition dominated by wavenumber {k0}"),
+                   {"k0": cap.Number("float", 2)}),
+        BURGERS_ENERGY,
+        BURGERS_FRONT,
+    ),
+    recoverable={"nu": "nu_energy"},
+)
+
+
 @register
 class Burgers(PDE):
     """Viscous Burgers trajectories ``u0 -> u(t, x)`` (module docstring)."""
@@ -131,6 +171,7 @@ class Burgers(PDE):
         "cfl": 0.5,     # internal step h <= cfl dx / max|u|
     }
     min_resolution = 16
+    caption_vocabulary = CAPTIONS
     # Translations, and the reflection x -> -x with u -> -u (u is a velocity): the equation, the
     # periodic GRF of u0 (stationary, symmetric) and the spectral derivatives keep both.
     symmetries = ("roll_x", "flip_x")
@@ -233,6 +274,36 @@ class Burgers(PDE):
             if parts:
                 text += "; " + ", ".join(parts)
         return text
+
+    def features(self, fields: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, float]:
+        """The numbers captions state (:mod:`diffpde.pdes.captions`) of one trajectory ``{"u"}`` (``u0``,
+        if given, must be ``u[0]``'s field; ``u[0]`` is used).
+
+        Parameters: ``nu``, ``T``. From the fields: ``u0_max`` (``max |u0|``), ``energy0``/``energyT``
+        (``mean(u^2) / 2`` at t = 0 and T), ``re`` (``U L / nu``, ``U`` the rms of ``u0``, ``L = 1`` the
+        period), ``k0``/``kT`` (dominant wavenumber of ``u(0)``/``u(T)`` along x), the steepest front
+        over the trajectory (:func:`captions.steepest_front` on the spectral ``u_x``: ``front_x``,
+        ``front_t``, ``front_steepness`` = max ``-u_x``), ``slope0`` (max ``-u_x`` at t = 0; a "shock" is
+        a front steeper than twice that), and ``nu_energy``: the viscosity that fits the energy balance
+        ``dE/dt = -nu mean(u_x^2)`` over the stored times, from the fields alone.
+        """
+        u = self.one_sample(fields, "u")
+        x, t = self.grid.coords["x"], self.grid.coords["t"]
+        n = self.resolution
+        k = 2j * np.pi * np.fft.rfftfreq(n, 1.0 / n)
+        dudx = np.fft.irfft(k * np.fft.rfft(u, axis=-1), n=n, axis=-1)
+        p = self.parameters
+        energy = 0.5 * (u**2).mean(axis=-1)
+        front = cap.steepest_front(dudx, x, t)
+        out = {
+            "nu": float(p["nu"]), "T": float(p["T"]), "u0_max": float(np.abs(u[0]).max()),
+            "energy0": float(energy[0]), "energyT": float(energy[-1]), "re": float(np.sqrt(2 * energy[0]) / p["nu"]),
+            "k0": cap.dominant_wavenumber(u[0], periodic=True), "kT": cap.dominant_wavenumber(u[-1], periodic=True),
+            "front_x": front["x"], "front_t": front["t"], "front_steepness": front["steepness"],
+            "slope0": float(-dudx[0].min()),
+            "nu_energy": cap.fit_viscosity(t, energy, (dudx**2).mean(axis=-1)),
+        }
+        return {k: v for k, v in out.items() if v is not None}
 
     # -- checks ----------------------------------------------------------------------------------
 

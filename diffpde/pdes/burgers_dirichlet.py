@@ -63,7 +63,9 @@ import numpy as np
 import torch
 
 from ._spectral import check_positive, check_times, cfl_step, integrate, time_derivative, time_interpolator, to_numpy
+from . import captions as cap
 from .base import PDE, Field, Grid, register
+from .burgers import BURGERS_ENERGY, BURGERS_FRONT
 
 Forcing = Callable[[float, np.ndarray], Any] | np.ndarray | torch.Tensor | None
 
@@ -195,6 +197,39 @@ def gaussian(s, centre, width):
     return np.exp(-0.5 * ((s - centre) / width) ** 2)
 
 
+#: fronts are looked for this far from the walls (x in [0.05, 0.95])
+FRONT_MARGIN = 0.05
+
+CAPTIONS = cap.Vocabulary(
+    openers=(
+        cap.Clause(("forced viscous Burgers flow on [0, 1] with zero boundary values",
+                    "a Burgers solution with Dirichlet boundaries and space-time forcing",
+                    "the forced 1D Burgers equation with u = 0 at both ends",
+                    "a forced Burgers trajectory between fixed walls"),),
+    ),
+    clauses=(
+        cap.viscosity(),
+        cap.reynolds(),
+        cap.final_time(),
+        cap.Clause(("an initial hump of height {u0_max} at x = {u0_max_x} and a dip to {u0_min} at x = {u0_min_x}",
+                    "initial velocity between {u0_min} (at x = {u0_min_x}) and {u0_max} (at x = {u0_max_x})"),
+                   {"u0_max": cap.Number("float", 2), "u0_min": cap.Number("float", 2),
+                    "u0_max_x": cap.Number("coord", 2), "u0_min_x": cap.Number("coord", 2)}),
+        cap.Clause(("forcing up to {forcing_amp} in magnitude, strongest at x = {forcing_x}, t = {forcing_t}",
+                    "a {forcing_sign} forcing peak of {forcing_amp} at x = {forcing_x} and time {forcing_t}",
+                    "forcing amplitude {forcing_amp} peaking at t = {forcing_t}, x = {forcing_x}"),
+                   {"forcing_amp": cap.Number("float", 2), "forcing_x": cap.Number("coord", 2),
+                    "forcing_t": cap.Number("float", 2)},
+                   {"forcing_sign": cap.signed("forcing_sign", "positive", "negative")}),
+        cap.Clause(("forcing at wavenumber {forcing_k}", "a forcing length scale set by wavenumber {forcing_k}"),
+                   {"forcing_k": cap.Number("float", 2)}),
+        BURGERS_ENERGY,
+        BURGERS_FRONT,
+    ),
+    recoverable={"nu": "nu_energy"},
+)
+
+
 @register
 class BurgersDirichlet(PDE):
     """Forced viscous Burgers on [0, 1] with zero Dirichlet data: ``(u0, f) -> u(t, x)`` (module docstring)."""
@@ -214,6 +249,7 @@ class BurgersDirichlet(PDE):
         "checkpoint_every": 0,     # gradient-checkpointed block length of that rollout (0: store everything)
     }
     min_resolution = 8
+    caption_vocabulary = CAPTIONS
     # x -> 1 - x with (u0, f, u) -> -(u0, f, u): the equation, the boundary condition and the
     # stencils are invariant, and so is the input distribution (it swaps the two u0 bumps, whose
     # ranges are mirror images, and maps each forcing bump to one of the same law).
@@ -400,6 +436,51 @@ class BurgersDirichlet(PDE):
             if parts:
                 text += "; " + ", ".join(parts)
         return text
+
+    def features(self, fields: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, float]:
+        """The numbers captions state (:mod:`diffpde.pdes.captions`) of one instance ``{"f", "u"}``
+        (``u[0]`` serves as ``u0``).
+
+        Parameters: ``nu``, ``T``. From the fields: ``u0_max``/``u0_max_x`` and ``u0_min``/``u0_min_x``
+        (the highest and lowest initial velocity and where), ``energy0``/``energyT`` (``mean(u^2) / 2``
+        over the nodes at t = 0 and T), ``re`` (``U L / nu``, ``U`` the rms of ``u0``, ``L = 1``), the
+        forcing's strongest point (``forcing_amp`` = max ``|f|`` at interior nodes, ``forcing_x``,
+        ``forcing_t``, ``forcing_sign``) and its dominant wavenumber along x (``forcing_k``, time-averaged
+        power, type-I DCT), the steepest front away from the walls (``front_x``, ``front_t``,
+        ``front_steepness`` = max ``-u_x`` over ``FRONT_MARGIN <= x <= 1 - FRONT_MARGIN``, second-order
+        differences; the wall layers, ~nu/U thin, are left out; ``slope0`` the same at t = 0), and ``nu_energy``: the
+        viscosity that fits ``dE/dt = -nu int u_x^2 + int u f`` (``E = int u^2 / 2``, the solver's
+        differences) over the stored times, from the fields alone.
+        """
+        u, f = self.one_sample(fields, "u"), self.one_sample(fields, "f")
+        x, t = self.grid.coords["x"], self.grid.coords["t"]
+        p, dx = self.parameters, self.dx
+        dudx = np.gradient(u, dx, axis=-1, edge_order=2)
+        inner = np.abs(f[:, 1:-1])
+        j, i = np.unravel_index(int(np.argmax(inner)), inner.shape)
+        inside = (x >= FRONT_MARGIN) & (x <= 1 - FRONT_MARGIN)  # wall layers are not fronts
+        front = cap.steepest_front(dudx[:, inside], x[inside], t)
+        energy = 0.5 * (u**2).mean(axis=-1)
+        # the solver's energy E = dx sum u^2 / 2, dissipation dx sum (forward differences)^2, work dx sum u f
+        e_solver = 0.5 * dx * (u**2).sum(axis=-1)
+        dissipation = (np.diff(u, axis=-1) ** 2).sum(axis=-1) / dx
+        work = dx * (u * f)[:, 1:-1].sum(axis=-1)
+        out = {
+            "nu": float(p["nu"]), "T": float(p["T"]),
+            "u0_max": float(u[0].max()), "u0_max_x": float(x[np.argmax(u[0])]),
+            "u0_min": float(u[0].min()), "u0_min_x": float(x[np.argmin(u[0])]),
+            "energy0": float(energy[0]), "energyT": float(energy[-1]), "re": float(np.sqrt(2 * energy[0]) / p["nu"]),
+            "forcing_amp": float(inner[j, i]), "forcing_x": float(x[1 + i]), "forcing_t": float(t[j]),
+            "forcing_sign": 1.0 if f[j, 1 + i] >= 0 else -1.0,
+            "forcing_k": cap.dominant_wavenumber(f, (-1,), periodic=False),
+            "front_x": front["x"], "front_t": front["t"], "front_steepness": front["steepness"],
+            "slope0": float(-dudx[0, inside].min()),
+            "nu_energy": cap.fit_viscosity(t, e_solver, dissipation, work),
+        }
+        if out["forcing_amp"] == 0.0:
+            for key in ("forcing_amp", "forcing_x", "forcing_t", "forcing_sign"):
+                del out[key]
+        return {k: v for k, v in out.items() if v is not None}
 
     # -- checks ----------------------------------------------------------------------------------
 

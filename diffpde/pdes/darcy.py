@@ -21,9 +21,42 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ._fd import DirichletProblem2D, apply_operator, nodal_source, solve_dirichlet
+from . import captions as cap
+from ._fd import DirichletProblem2D, apply_operator, coordinates, nodal_source, solve_dirichlet
 from .base import register
 from .grf import grf
+
+
+CAPTIONS = cap.Vocabulary(
+    openers=(
+        cap.Clause(("Darcy flow through a two-phase porous medium on the unit square",
+                    "pressure in a binary permeability field with zero boundary pressure",
+                    "a Darcy problem with a two-phase permeability"),),
+    ),
+    clauses=(
+        cap.Clause(("permeabilities {a_high} and {a_low}", "high permeability {a_high}, low permeability {a_low}"),
+                   {"a_high": cap.Number("float", 2), "a_low": cap.Number("float", 2)}),
+        cap.Clause(("a permeability contrast of {contrast}", "contrast ratio {contrast}"),
+                   {"contrast": cap.Number("float", 2)}),
+        cap.Clause(("{high_fraction} high-permeability material", "a high-permeability fraction of {high_fraction}",
+                    "high phase covering {high_fraction} of the domain"), {"high_fraction": cap.Number("percent")},
+                   optional=False),
+        cap.Clause(("high-permeability regions: {n_inclusions}",
+                    "a count of {n_inclusions} separate high-permeability regions"),
+                   {"n_inclusions": cap.Number("int")}),
+        cap.Clause(("the largest high-permeability region centred at ({inclusion_x}, {inclusion_y}) covering "
+                    "{inclusion_area}",
+                    "a main inclusion at x = {inclusion_x}, y = {inclusion_y} of area {inclusion_area}"),
+                   {"inclusion_x": cap.Number("coord", 2), "inclusion_y": cap.Number("coord", 2),
+                    "inclusion_area": cap.Number("percent")}),
+        cap.Clause(("a uniform source term {f}", "constant forcing f = {f}"), {"f": cap.Number("float", 3)}),
+        cap.Clause(("peak pressure {u_max} at ({u_max_x}, {u_max_y})",
+                    "maximum pressure {u_max} near x = {u_max_x}, y = {u_max_y}"),
+                   {"u_max": cap.Number("sci", 2), "u_max_x": cap.Number("coord", 2),
+                    "u_max_y": cap.Number("coord", 2)}),
+        cap.Clause(("mean pressure {u_mean}", "an average pressure of {u_mean}"), {"u_mean": cap.Number("sci", 2)}),
+    ),
+)
 
 
 @register
@@ -41,6 +74,7 @@ class Darcy(DirichletProblem2D):
     # The cosine-series GRF, its threshold, the constant source, the zero boundary values and the
     # five-point stencil with harmonic-mean faces are all invariant under the square's reflections.
     symmetries = ("flip_x", "flip_y", "transpose")
+    caption_vocabulary = CAPTIONS
     input_description = "permeability (two-phase)"
     output_description = "pressure"
 
@@ -91,3 +125,33 @@ class Darcy(DirichletProblem2D):
             a = self.instance(fields, "a")
             text += f", high-permeability fraction {(abs(a - p['a_high']) < abs(a - p['a_low'])).mean():.2f}"
         return text
+
+    def features(self, fields: Mapping[str, Any]) -> dict[str, float]:
+        """The numbers captions state (:mod:`diffpde.pdes.captions`) of one instance ``{"a", "u"}``.
+
+        The permeability's phases are split at the midpoint of ``(a_low, a_high)``. From ``a``:
+        ``a_high``/``a_low`` (the mean permeability of each phase), ``contrast`` (their ratio),
+        ``high_fraction`` (fraction of nodes in the high phase), ``n_inclusions`` (connected
+        high-phase regions, 4-neighbours) and the largest of them (``inclusion_x``, ``inclusion_y``:
+        its centre; ``inclusion_area``: fraction of the nodes). Parameter: ``f`` (the source). From
+        ``u``: ``u_max`` and where (``u_max_x``, ``u_max_y``), ``u_mean``.
+        """
+        p = self.parameters
+        a, u = self.one_sample(fields, "a"), self.one_sample(fields, "u")
+        x = coordinates(self.resolution)
+        high = a >= 0.5 * (p["a_low"] + p["a_high"])
+        out = {"f": float(p["f"]), "high_fraction": float(high.mean()), "u_max": float(u.max()),
+               "u_mean": float(u.mean())}
+        i, j = np.unravel_index(int(np.argmax(u)), u.shape)
+        out["u_max_x"], out["u_max_y"] = float(x[j]), float(x[i])
+        if high.any():
+            out["a_high"] = float(a[high].mean())
+        if not high.all():
+            out["a_low"] = float(a[~high].mean())
+        if "a_high" in out and "a_low" in out and out["a_low"] > 0:
+            out["contrast"] = out["a_high"] / out["a_low"]
+        region = cap.largest_region(high, x, x, periodic=False)
+        out["n_inclusions"] = float(region["count"]) if region is not None else 0.0
+        if region is not None:
+            out.update({"inclusion_x": region["x"], "inclusion_y": region["y"], "inclusion_area": region["area"]})
+        return out

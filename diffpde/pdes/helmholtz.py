@@ -12,9 +12,22 @@ from typing import Any
 
 import numpy as np
 
+from typing import Mapping
+
+from . import captions as cap
 from ._fd import spacing
 from .base import register
-from .poisson import Poisson
+from .poisson import SOURCE_CLAUSES, Poisson
+
+CAPTIONS = cap.Vocabulary(
+    openers=(
+        cap.Clause(("Helmholtz problem on the unit square with zero boundary values",
+                    "the Helmholtz equation with a random source and homogeneous Dirichlet boundaries",
+                    "a solution of laplacian(u) + k^2 u = a on [0, 1]^2"),),
+    ),
+    clauses=(cap.Clause(("wavenumber k = {k}", "Helmholtz wavenumber {k}"), {"k": cap.Number("float", 3)},
+                        optional=False),) + SOURCE_CLAUSES,
+)
 
 
 @register
@@ -23,6 +36,7 @@ class Helmholtz(Poisson):
 
     name = "helmholtz"
     defaults = {**Poisson.defaults, "k": 1.0}  # k: wavenumber
+    caption_vocabulary = CAPTIONS
 
     def __init__(self, resolution: int, **parameters: Any) -> None:
         super().__init__(resolution, **parameters)
@@ -42,3 +56,7 @@ class Helmholtz(Poisson):
 
     def equation(self) -> str:
         return f"Helmholtz equation laplacian(u) + k^2 u = a with k = {self.parameters['k']:g}"
+
+    def features(self, fields: Mapping[str, Any]) -> dict[str, float]:
+        """:meth:`Poisson.features` and the parameter ``k``."""
+        return {"k": float(self.parameters["k"]), **super().features(fields)}

@@ -49,6 +49,7 @@ from ._spectral import (
     to_numpy,
     wavenumbers_2d,
 )
+from . import captions as cap
 from .base import PDE, Field, Grid, register
 from .grf import grf
 
@@ -169,6 +170,62 @@ def _forcing(forcing: Forcing, t: np.ndarray, n: int, w0: torch.Tensor):
     return time_interpolator(torch.fft.rfft2(f).movedim(-3, 0), t, "navier_stokes")
 
 
+def streamfunction(w: np.ndarray) -> np.ndarray:
+    """``psi`` with ``-Lap psi = w`` (zero mean) of periodic vorticity ``[..., n, n]`` on [0, 1)^2 (numpy)."""
+    n = w.shape[-1]
+    k2 = 4 * np.pi**2 * (np.fft.fftfreq(n, 1.0 / n)[:, None] ** 2 + np.fft.rfftfreq(n, 1.0 / n)[None, :] ** 2)
+    k2[0, 0] = np.inf
+    return np.fft.irfft2(np.fft.rfft2(w) / k2, s=(n, n))
+
+
+def _going(key: str) -> cap.Word:
+    return cap.qualitative(("falling", "rising"), lambda f: "rising" if f[key + "T"] > f[key + "0"] else "falling")
+
+
+_GOING, _GOING_Z = _going("energy"), _going("enstrophy")
+_FORCED = cap.qualitative(("unforced", "forced"), lambda f: "forced" if "forcing" in f else "unforced")
+
+CAPTIONS = cap.Vocabulary(
+    openers=(
+        cap.Clause(("2D incompressible Navier-Stokes flow on the periodic unit square",
+                    "{forced} two-dimensional turbulence in a periodic box",
+                    "the vorticity of a {forced} 2D periodic flow",
+                    "a {forced} incompressible flow on a doubly periodic domain"), words={"forced": _FORCED}),
+    ),
+    clauses=(
+        cap.viscosity(),
+        cap.reynolds(),
+        cap.final_time(),
+        cap.Clause(("forcing amplitude {forcing} at wavenumber {forcing_k}",
+                    "a steady forcing of strength {forcing} at wavenumber {forcing_k}",
+                    "forced at wavenumber {forcing_k} with amplitude {forcing}"),
+                   {"forcing": cap.Number("float", 2), "forcing_k": cap.Number("float", 2)}),
+        cap.Clause(("kinetic energy {going} from {energy0} to {energyT}",
+                    "kinetic energy {energy0} at the start and {energyT} at the end",
+                    "initial kinetic energy {energy0}, final kinetic energy {energyT}"),
+                   {"energy0": cap.Number("sci", 2), "energyT": cap.Number("sci", 2)}, {"going": _GOING}),
+        cap.Clause(("enstrophy {going} from {enstrophy0} to {enstrophyT}",
+                    "enstrophy {enstrophy0} initially and {enstrophyT} at the final time"),
+                   {"enstrophy0": cap.Number("sci", 2), "enstrophyT": cap.Number("sci", 2)}, {"going": _GOING_Z}),
+        cap.Clause(("vorticity concentrated at wavenumber {k0} initially and {kT} at the end",
+                    "dominant wavenumber {k0} at t = 0 and {kT} at the final time",
+                    "a spectral peak moving from wavenumber {k0} to {kT}"),
+                   {"k0": cap.Number("float", 2), "kT": cap.Number("float", 2)}),
+        cap.Clause(("at the end the strongest vortex, {vortex_sign}, centred at ({vortex_x}, {vortex_y}) with radius "
+                    "{vortex_r} and peak vorticity {vortex_peak}",
+                    "a final {vortex_sign} vortex of radius {vortex_r} and peak vorticity {vortex_peak} at "
+                    "x = {vortex_x}, y = {vortex_y}",
+                    "its strongest final eddy at ({vortex_x}, {vortex_y}), rotating {vortex_sign}, radius {vortex_r}"),
+                   {"vortex_x": cap.Number("coord", 2), "vortex_y": cap.Number("coord", 2),
+                    "vortex_r": cap.Number("float", 2), "vortex_peak": cap.Number("float", 2)},
+                   {"vortex_sign": cap.signed("vortex_sign", "counterclockwise", "clockwise")}),
+        cap.Clause(("strong vortices at the final time: {n_vortices}",
+                    "a count of {n_vortices} strong vortex cores at the end"), {"n_vortices": cap.Number("int")}),
+    ),
+    recoverable={"nu": "nu_energy"},
+)
+
+
 @register
 class NavierStokes(PDE):
     """Vorticity ``w0 -> w(T)`` pairs or trajectories of 2D Navier-Stokes (module docstring)."""
@@ -189,6 +246,7 @@ class NavierStokes(PDE):
         "checkpoint_every": 8,    # rollout steps per gradient-checkpointed block (0: store all)
     }
     min_resolution = 8
+    caption_vocabulary = CAPTIONS
     #: the vorticity changes sign under every reflection
     odd_fields = {name: ("w0", "w") for name in ("flip_x", "flip_y", "transpose", "transpose_half")}
 
@@ -361,6 +419,52 @@ class NavierStokes(PDE):
             if parts:
                 text += "; " + ", ".join(parts)
         return text
+
+    def features(self, fields: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, float]:
+        """The numbers captions state (:mod:`diffpde.pdes.captions`) of one instance ``{"w0", "w"}``
+        (a trajectory may omit ``w0``: it is ``w[0]``).
+
+        Parameters: ``nu``, ``T``, ``forcing`` (amplitude A) and ``forcing_k`` (the forcing's
+        dominant wavenumber, sqrt 2 for FNO's; both only when A != 0). From the fields:
+        ``energy0``/``energyT`` (kinetic energy ``mean |v|^2 / 2`` of ``w0`` and ``w(T)``, ``v`` from the
+        streamfunction), ``enstrophy0``/``enstrophyT`` (``mean w^2 / 2``), ``re`` (``U L / nu`` with
+        ``U = sqrt(2 energy0)`` the rms velocity of ``w0`` and ``L = 1`` the period), ``k0``/``kT`` (dominant
+        wavenumber of the vorticity), the strongest vortex of ``w(T)`` (:func:`captions.main_structure`:
+        ``vortex_x``, ``vortex_y``, ``vortex_r``, ``vortex_peak`` = its ``|w|``, ``vortex_sign`` +1
+        counterclockwise / -1 clockwise), ``n_vortices`` (regions of ``w(T)`` with ``|w|`` above half its
+        maximum). Trajectories also get ``nu_energy``: the viscosity that fits the energy balance
+        ``dE/dt = -nu mean(w^2) + mean(psi f)`` over the stored times (:func:`captions.fit_viscosity`),
+        measured from the fields alone.
+        """
+        p, n = self.parameters, self.resolution
+        if self.trajectory:
+            frames = self.one_sample(fields, "w")
+            w0 = self.one_sample(fields, "w0") if "w0" in fields else frames[0]
+        else:
+            w0, wT = self.one_sample(fields, "w0"), self.one_sample(fields, "w")
+            frames = np.stack([w0, wT])
+        wT = frames[-1]
+        x = np.arange(n) / n
+        out = {"nu": float(p["nu"]), "T": float(p["T"])}
+        if p["forcing"] != 0:
+            out["forcing"] = float(p["forcing"])
+            out["forcing_k"] = cap.dominant_wavenumber(self.forcing_field(), (-2, -1), periodic=True)
+        psi = streamfunction(frames)
+        energy = 0.5 * (psi * frames).mean(axis=(-2, -1))
+        out["energy0"], out["energyT"] = 0.5 * float((streamfunction(w0) * w0).mean()), float(energy[-1])
+        out["enstrophy0"], out["enstrophyT"] = cap.mean_energy(w0), cap.mean_energy(wT)
+        out["re"] = float(np.sqrt(2 * out["energy0"]) / p["nu"])
+        out["k0"] = cap.dominant_wavenumber(w0, (-2, -1), periodic=True)
+        out["kT"] = cap.dominant_wavenumber(wT, (-2, -1), periodic=True)
+        vortex = cap.main_structure(wT, x, x, periodic=True)
+        if vortex is not None:
+            out.update({"vortex_x": vortex["x"], "vortex_y": vortex["y"], "vortex_r": vortex["radius"],
+                        "vortex_peak": vortex["peak"], "vortex_sign": vortex["sign"]})
+        out["n_vortices"] = float(cap.count_structures(wT, periodic=True))
+        if self.trajectory:
+            work = (psi * self.forcing_field()).mean(axis=(-2, -1))
+            out["nu_energy"] = cap.fit_viscosity(self.times, energy, (frames**2).mean(axis=(-2, -1)), work)
+        return {k: v for k, v in out.items() if v is not None}
 
     # -- checks ----------------------------------------------------------------------------------
 

@@ -19,9 +19,38 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ._fd import DirichletProblem2D, apply_operator, nodal_source, solve_dirichlet
+from . import captions as cap
+from ._fd import DirichletProblem2D, apply_operator, coordinates, nodal_source, solve_dirichlet
 from .base import register
 from .grf import grf
+
+
+#: clauses of the source and the solution, shared with Helmholtz
+SOURCE_CLAUSES = (
+    cap.Clause(("source rms {a_rms}", "a source of rms amplitude {a_rms}"), {"a_rms": cap.Number("float", 2)},
+               optional=False),
+    cap.Clause(("source dominated by wavenumber {a_k}", "a source with dominant wavenumber {a_k}"),
+               {"a_k": cap.Number("float", 2)}),
+    cap.Clause(("the strongest {source_sign} source lobe at ({source_x}, {source_y}) with radius {source_r}",
+                "a {source_sign} source peak of {source_peak} centred at x = {source_x}, y = {source_y}, "
+                "radius {source_r}"),
+               {"source_x": cap.Number("coord", 2), "source_y": cap.Number("coord", 2),
+                "source_r": cap.Number("float", 2), "source_peak": cap.Number("float", 2)},
+               {"source_sign": cap.signed("source_sign", "positive", "negative")}),
+    cap.Clause(("solution extremum {u_ext} at ({u_ext_x}, {u_ext_y})",
+                "the solution reaching {u_ext} at x = {u_ext_x}, y = {u_ext_y}"),
+               {"u_ext": cap.Number("sci", 2), "u_ext_x": cap.Number("coord", 2), "u_ext_y": cap.Number("coord", 2)}),
+    cap.Clause(("solution energy {energy}", "mean u^2/2 of {energy}"), {"energy": cap.Number("sci", 2)}),
+)
+
+CAPTIONS = cap.Vocabulary(
+    openers=(
+        cap.Clause(("Poisson problem on the unit square with zero boundary values",
+                    "the Poisson equation with a random source and homogeneous Dirichlet boundaries",
+                    "a solution of laplacian(u) = a on [0, 1]^2"),),
+    ),
+    clauses=SOURCE_CLAUSES,
+)
 
 
 @register
@@ -38,6 +67,7 @@ class Poisson(DirichletProblem2D):
     # the sign of (a, u): the problem is linear and the source a zero-mean Gaussian.
     symmetries = ("flip_x", "flip_y", "transpose", "negate")
     odd_fields = {"negate": ("a", "u")}
+    caption_vocabulary = CAPTIONS
     input_description = "source"
     output_description = "solution"
 
@@ -71,6 +101,26 @@ class Poisson(DirichletProblem2D):
     def interior_residual(self, a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """``laplacian(u) [+ k^2 u] - a`` at interior nodes (five-point stencil, ``1/h^2`` scaling)."""
         return -apply_operator(u, None, self.shift) - a[..., 1:-1, 1:-1]
+
+    def features(self, fields: Mapping[str, Any]) -> dict[str, float]:
+        """The numbers captions state (:mod:`diffpde.pdes.captions`) of one instance ``{"a", "u"}``.
+
+        From the source ``a``: ``a_rms``, ``a_k`` (dominant wavenumber, type-I DCT), its strongest lobe
+        (:func:`captions.main_structure`: ``source_x``, ``source_y``, ``source_r``, ``source_peak`` =
+        ``|a|`` there, ``source_sign``). From ``u``: its extremum ``u_ext`` (signed, largest ``|u|``) and
+        where (``u_ext_x``, ``u_ext_y``), ``energy`` = ``mean(u^2) / 2``.
+        """
+        a, u = self.one_sample(fields, "a"), self.one_sample(fields, "u")
+        x = coordinates(self.resolution)
+        out = {"a_rms": float(np.sqrt((a**2).mean())), "a_k": cap.dominant_wavenumber(a, (-2, -1), periodic=False),
+               "energy": cap.mean_energy(u)}
+        lobe = cap.main_structure(a, x, x, periodic=False)
+        if lobe is not None:
+            out.update({"source_x": lobe["x"], "source_y": lobe["y"], "source_r": lobe["radius"],
+                        "source_peak": lobe["peak"], "source_sign": lobe["sign"]})
+        i, j = np.unravel_index(int(np.argmax(np.abs(u))), u.shape)
+        out.update({"u_ext": float(u[i, j]), "u_ext_x": float(x[j]), "u_ext_y": float(x[i])})
+        return {k: v for k, v in out.items() if v is not None}
 
     def equation(self) -> str:
         return "Poisson equation laplacian(u) = a"

@@ -8,6 +8,7 @@ line per ``generate`` call) are read from the environment, so slow runs keep the
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import signal
@@ -371,3 +372,84 @@ def test_generate_under_accelerate_launch_with_two_processes(tmp_path):
     one = generate_dataset("darcy", 5, tmp_path / "one.h5", resolution=16, seed=3, progress=False)
     assert (tmp_path / "two.h5").read_bytes() == one.read_bytes()
     assert not list(tmp_path.glob("two.h5.shard-*"))
+
+
+# -- captions ----------------------------------------------------------------------------------------
+
+
+def test_captions_are_seeded_per_sample_and_survive_shards_and_resumption(tmp_path):
+    from diffpde.data.generate import caption_rng, combine_shards, shard_path
+    from diffpde.data.hdf5 import read_captions
+    from diffpde.pdes import get
+
+    one = generate_dataset("darcy", 5, tmp_path / "one.h5", resolution=16, seed=2, progress=False)
+    assert read_info(one).phrasings == 4  # the default for a family that writes captions
+    with h5py.File(one) as f:
+        assert f["captions"].shape == (5, 4) and f["captions"].attrs["phrasings"] == 4
+        assert h5py.check_string_dtype(f["captions"].dtype).encoding == "utf-8"
+        stored = f["captions"][3].astype(str).tolist()
+    # written from the stored (float32) fields with the sample's own generator
+    pde, fields = get("darcy", 16), read_fields(one, indices=[3])
+    assert stored == pde.caption({k: v[0] for k, v in fields.items()}, caption_rng(sample_seed(2, 3), 3), 4)
+    assert read_captions(one, 3) == stored and len(read_captions(one)) == 5 and len(set(stored)) == 4
+    # shards in any order, combined: the same bytes, captions included
+    out = tmp_path / "sharded.h5"
+    for k in (1, 0, 2):
+        generate_dataset("darcy", 5, out, resolution=16, seed=2, shard=(k, 3), progress=False)
+    with h5py.File(shard_path(out, 1, 3)) as f:
+        assert "captions" not in f  # shards hold none; combining writes them
+    combine_shards(out, 3, progress=False)
+    assert out.read_bytes() == one.read_bytes()
+    # an interrupted generation (some samples done) resumes to the same bytes
+    resumed = tmp_path / "resumed.h5"
+    generate_dataset("darcy", 5, resumed, resolution=16, seed=2, shard=(0, 2), progress=False).rename(
+        partial_path(resumed))
+    generate_dataset("darcy", 5, resumed, resolution=16, seed=2, progress=False)
+    assert resumed.read_bytes() == one.read_bytes()
+
+
+def test_captions_added_later_give_the_file_generate_writes(tmp_path):
+    from diffpde.data.generate import add_caption_parser, add_captions, run_caption
+    from diffpde.data.hdf5 import read_captions
+
+    with_captions = generate_dataset("burgers", 3, tmp_path / "a.h5", resolution=16, seed=1, progress=False,
+                                     parameters={"nt": 9})
+    bare = generate_dataset("burgers", 3, tmp_path / "b.h5", resolution=16, seed=1, progress=False,
+                            parameters={"nt": 9}, captions=0)
+    assert read_info(bare).phrasings == 0
+    with pytest.raises(DatasetFileError, match="has no captions; add them with `diffpde caption"):
+        read_captions(bare, 0)
+    # asking a complete file for other captions names the way to add them, and changes nothing
+    with pytest.raises(FileExistsError, match="captions: 0 phrasings per sample vs 4 .*diffpde caption"):
+        generate_dataset("burgers", 3, bare, resolution=16, seed=1, progress=False, parameters={"nt": 9})
+    parser = argparse.ArgumentParser()
+    add_caption_parser(parser.add_subparsers())
+    assert run_caption(parser.parse_args(["caption", str(bare), "--quiet"])) == 0
+    assert bare.read_bytes() == with_captions.read_bytes()
+    assert not list(tmp_path.glob("*.captioning"))
+    with pytest.raises(FileExistsError, match="already has captions .*overwrite"):
+        add_captions(bare, 2, progress=False)
+    add_captions(bare, 2, overwrite=True, progress=False)
+    assert read_info(bare).phrasings == 2 and read_captions(bare, 2) == read_captions(with_captions, 2)[:2]
+    with pytest.raises(IndexError, match="sample index 3 out of range"):
+        read_captions(bare, 3)
+    # the command line takes --captions K
+    from diffpde.cli import main
+
+    assert main(["generate", "burgers", "--n", "2", "--resolution", "16", "--param", "nt=9", "--captions", "1",
+                 "--quiet", "--out", str(tmp_path / "c.h5")]) == 0
+    assert read_info(tmp_path / "c.h5").phrasings == 1 and len(read_captions(tmp_path / "c.h5", 1)) == 1
+
+
+def test_caption_requests_a_family_cannot_meet_are_named(tmp_path):
+    from diffpde.data.generate import add_captions
+
+    with pytest.raises(ValueError, match="_toy: this family writes no captions"):
+        generate_dataset("_toy", 2, tmp_path / "t.h5", resolution=8, captions=2, progress=False)
+    with pytest.raises(ValueError, match="captions .* must be an integer >= 0"):
+        generate_dataset("darcy", 2, tmp_path / "d.h5", resolution=16, captions=-1, progress=False)
+    toy = generate_dataset("_toy", 2, tmp_path / "t.h5", resolution=8, progress=False)
+    assert read_info(toy).phrasings == 0  # no captions by default for a family without them
+    with pytest.raises(ValueError, match="_toy: this family writes no captions"):
+        add_captions(toy, 2, progress=False)
+    assert not (tmp_path / "d.h5").exists() and not list(tmp_path.glob("*.captioning"))
