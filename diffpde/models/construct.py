@@ -5,18 +5,33 @@ A model section ``{"network": {...}, "precond": {...}, "representation": {...}}`
 part by its registered ``"type"`` (:mod:`.registry`); what the data decides (the network's
 channels, the number of scalar parameters, the data's ``sigma_data``) is filled in here and may
 not be contradicted by the config.
+
+An optional ``"conditioning"`` section adds encoders of conditions as context tokens
+(:mod:`.conditioning`)::
+
+    conditioning:
+      dim: 64                                   # token width = network.context_dim (either may be given)
+      text: {type: text, model: all-MiniLM-L6-v2}   # or {type: hash_text}: tiny, random, trained
+      frames: {field: w, axis: t, index: 0, patch_size: [4, 4]}
+      params: {}                                # one token per scalar parameter (the prior's param_names)
+      cfg_dropout: {text: 0.1, frames: 0.1}     # condition dropout in training (classifier-free guidance)
+
+Each kind's ``type`` defaults to its name; ``dim``, a frame encoder's ``dims`` (the names of the
+field's axes, from the problem) and a parameter encoder's ``names`` are filled in here.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from ..data.normalize import Normalizer
+from .conditioning import KINDS, Conditioning
 from .precond import measure_sigma_data
 from .prior import Prior
-from .registry import build
+from .registry import REGISTRY, build
 
 Tensor = torch.Tensor
 
@@ -56,7 +71,8 @@ def prior_from_config(
     :func:`~diffpde.models.precond.measure_sigma_data`), or the preconditioner's default.
     The representation is fitted first (:meth:`~.representation.Representation.fit`: the
     wavelet's subband statistics are measured on ``data``); ``dims`` names the grid axes
-    (default: the problem's, when the representation needs them).
+    (default: the problem's, when the representation or a frame encoder needs them). The
+    ``conditioning`` section (see the module docstring) sets the network's ``context_dim``.
     """
     representation = build("representation", _get(model, "representation") or {"type": "identity"})
     grid_shape = tuple(int(n) for n in grid_shape)
@@ -68,6 +84,14 @@ def prior_from_config(
     net_cfg.setdefault("type", "unet1d" if len(latent) == 2 else "unet2d")
     derived = {"in_channels": latent[0], "out_channels": latent[0], "cond_channels": len(cond_fields),
                "num_params": len(param_names)}
+    section = _get(model, "conditioning")
+    conditioning = None
+    if section:
+        frame_fields = (section.get("frames") or {}).get("field", (section.get("frames") or {}).get("fields"))
+        if dims is None and problem is not None and frame_fields:
+            dims = _field_dims(problem, [frame_fields] if isinstance(frame_fields, str) else frame_fields)
+        conditioning = conditioning_from_config(section, net_cfg, param_names=param_names, dims=dims)
+        derived["num_params"] = 0 if "params" in conditioning else len(param_names)
     for k, v in derived.items():
         if k in net_cfg and net_cfg[k] != v:
             raise ValueError(f"model.network.{k}={net_cfg[k]} contradicts the data ({v}); leave it out")
@@ -83,7 +107,57 @@ def prior_from_config(
     precond = build("preconditioner", pre_cfg, net=build("network", net_cfg))
     return Prior(precond, fields, grid_shape, cond_fields=cond_fields, param_names=param_names,
                  normalizer=normalizer, representation=representation, problem=problem,
-                 sigma_min=sigma_min, sigma_max=sigma_max)
+                 sigma_min=sigma_min, sigma_max=sigma_max, conditioning=conditioning)
+
+
+def conditioning_from_config(section: Mapping[str, Any], net_cfg: dict[str, Any], *, param_names: Sequence[str] = (),
+                             dims: Sequence[str] | None = None) -> Conditioning:
+    """Build the encoders of a ``conditioning`` section and set ``net_cfg["context_dim"]`` to their width.
+
+    The width is ``section["dim"]`` or the network's ``context_dim`` (they must agree), else the
+    network's ``hidden_size``, else 128.
+    """
+    if not isinstance(section, Mapping):
+        raise ValueError(f"model.conditioning must be a mapping of condition kinds, got {section!r}")
+    section = dict(section)
+    unknown = [k for k in section if k not in (*KINDS, "dim", "cfg_dropout")]
+    if unknown:
+        raise ValueError(f"model.conditioning: unknown key(s) {unknown}; known: {[*KINDS, 'dim', 'cfg_dropout']}")
+    width, have = section.pop("dim", None), net_cfg.get("context_dim")
+    if width is not None and have and have != width:
+        raise ValueError(f"model.conditioning.dim={width} contradicts model.network.context_dim={have}")
+    width = int(width or have or net_cfg.get("hidden_size") or 128)
+    network = REGISTRY.get("network", {}).get(net_cfg.get("type"))
+    if network is not None and "context_dim" not in inspect.signature(network.__init__).parameters:
+        raise ValueError(f"model.conditioning needs a network with cross-attention to context tokens (type: dit); "
+                         f"the network {net_cfg.get('type')!r} has none")
+    net_cfg["context_dim"] = width
+    dropout = section.pop("cfg_dropout", None) or {}
+    encoders = {}
+    for kind, cfg in section.items():
+        cfg = dict(cfg or {})
+        cfg.setdefault("type", kind)
+        if cfg.get("dim", width) != width:
+            raise ValueError(f"model.conditioning.{kind}.dim={cfg['dim']} differs from the token width {width}")
+        cfg["dim"] = width
+        if kind == "frames":
+            if "field" in cfg:
+                cfg["fields"] = cfg.pop("field")
+            if isinstance(cfg.get("fields"), str):
+                cfg["fields"] = [cfg["fields"]]
+            if "dims" not in cfg and dims is not None:
+                cfg["dims"] = list(dims)
+        if kind == "params":
+            if not param_names:
+                raise ValueError("model.conditioning.params: the prior has no scalar parameters (param_names)")
+            if cfg.setdefault("names", list(param_names)) != list(param_names):
+                raise ValueError(f"model.conditioning.params.names={cfg['names']} differs from the prior's "
+                                 f"parameters {list(param_names)}")
+        try:
+            encoders[kind] = build("condition", cfg)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"model.conditioning.{kind}: {e}") from None
+    return Conditioning(encoders, dropout)
 
 
 def _field_dims(problem: Any, fields: Sequence[str]) -> tuple[str, ...] | None:

@@ -16,7 +16,9 @@ Checks on load, each a ``ValueError`` naming the file and the values that disagr
   the fields, the grid and the representation; the normaliser against the fields and the grid;
   the sampling range (:class:`Prior` checks these when it is built); a problem of a known PDE
   family has valid parameters and fields of the prior's names on the prior's grid;
-- every weight is present with the shape the config builds, and nothing else is in the file.
+- every weight is present with the shape the config builds, and nothing else is in the file;
+- a pretrained text encoder saved by reference (its name or path, not its weights) has the weights
+  it was saved with: the SHA-256 recorded in the config is compared with the installed model's.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ Tensor = torch.Tensor
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "diffpde.prior"
-FORMAT_VERSION = 1
+#: the newest format this code reads. Version 2 adds the optional key ``conditioning`` (the encoders of
+#: text, frames and parameters); a prior without conditioning is still written as version 1.
+FORMAT_VERSION = 2
 #: keys of ``config.json`` besides ``format``/``format_version``/``diffpde_version``, all required.
 REQUIRED_KEYS = ("network", "precond", "representation", "normalizer", "problem", "fields", "cond_fields",
                  "param_names", "grid_shape", "sigma_min", "sigma_max")
@@ -134,7 +138,8 @@ def load_prior(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         prior = Prior(precond, config["fields"], config["grid_shape"], cond_fields=config["cond_fields"],
                       param_names=config["param_names"], normalizer=config["normalizer"],
                       representation=build("representation", config["representation"]), problem=config["problem"],
-                      sigma_min=config["sigma_min"], sigma_max=config["sigma_max"])
+                      sigma_min=config["sigma_min"], sigma_max=config["sigma_max"],
+                      conditioning=config.get("conditioning"))
         if config["problem"] is not None and config["problem"]["name"] in pdes.names():
             prior.problem  # builds the PDE: its parameters are valid and its fields have the prior's grid
     except (ValueError, TypeError, KeyError) as e:
@@ -184,6 +189,8 @@ def _check_kinds(config: Mapping[str, Any], where: str) -> None:
     for key in ("network", "precond", "representation"):
         if not isinstance(config[key], dict) or "type" not in config[key]:
             raise ValueError(f"{where}: {key!r} must be a mapping with a 'type', got {config[key]!r}")
+    if "conditioning" in config and not isinstance(config["conditioning"], dict):
+        raise ValueError(f"{where}: 'conditioning' must be a mapping of condition encoders, got {config['conditioning']!r}")
     for key in ("normalizer", "problem"):
         if config[key] is not None and not isinstance(config[key], dict):
             raise ValueError(f"{where}: {key!r} must be a mapping or null, got {config[key]!r}")

@@ -75,10 +75,13 @@ class Preconditioner(Configurable, nn.Module):
         sigma_max:  largest noise level.
         sigma_data: standard deviation of the normalised data (used by EDM; stored by all).
 
-    ``forward(x, sigma, cond=None, params=None) -> x0_hat``: ``x`` ``[B, C, ...]`` in the
-    normalised VE frame, ``sigma`` ``[B]`` (or a scalar), ``cond`` ``[B, Cc, ...]`` known fields
-    (normalised) handed to the network as extra channels, ``params`` ``[B, P]`` scalar PDE
-    parameters. Returns float32 ``x0_hat`` of the shape of ``x``.
+    ``forward(x, sigma, cond=None, params=None, *, context=None, context_mask=None) -> x0_hat``:
+    ``x`` ``[B, C, ...]`` in the normalised VE frame, ``sigma`` ``[B]`` (or a scalar), ``cond``
+    ``[B, Cc, ...]`` known fields (normalised) handed to the network as extra channels, ``params``
+    ``[B, P]`` scalar PDE parameters, ``context`` ``[B, L, D]`` tokens (text, frames, parameters;
+    :mod:`.conditioning`) with ``context_mask`` ``[B, L]`` (true where valid), passed to the network
+    only when given (a network without ``context_dim`` refuses them). Returns float32 ``x0_hat`` of
+    the shape of ``x``.
     """
 
     config_family = "preconditioner"
@@ -100,7 +103,8 @@ class Preconditioner(Configurable, nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Tensor | None = None,
-                params: Tensor | None = None) -> Tensor:
+                params: Tensor | None = None, *, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
         x = x.to(torch.float32)
         s = _sigma64(sigma, x.shape[0], x.device)
         c_skip, c_out, c_in, c_noise = self.coefficients(s)
@@ -108,7 +112,16 @@ class Preconditioner(Configurable, nn.Module):
             cond = cond.to(torch.float32)
         if params is not None:
             params = params.to(torch.float32)
-        F_x = self.net(_bcast(c_in, x.ndim) * x, c_noise.to(torch.float32), cond=cond, params=params)
+        tokens = {}
+        if context is not None:
+            if not getattr(self.net, "context_dim", 0):
+                kind = getattr(self.net, "config_type", "") or type(self.net).__name__
+                raise ValueError(f"the network {kind!r} takes no context tokens (text, frame or parameter "
+                                 "conditioning needs a network with cross-attention: a DiT with context_dim > 0)")
+            tokens = {"context": context.to(torch.float32), "context_mask": context_mask}
+        elif context_mask is not None:
+            raise ValueError("got context_mask without context")
+        F_x = self.net(_bcast(c_in, x.ndim) * x, c_noise.to(torch.float32), cond=cond, params=params, **tokens)
         if F_x.shape != x.shape:
             raise ValueError(f"network returned shape {tuple(F_x.shape)} for input of shape {tuple(x.shape)}")
         return _bcast(c_skip, x.ndim) * x + _bcast(c_out, x.ndim) * F_x.to(torch.float32)

@@ -9,12 +9,22 @@ A prior bundles
 - the **problem** (``{"name", "resolution", "parameters"}`` as ``PDE.config()`` gives it), the
   names of the generated fields (channels of ``x``), of the conditioning fields (channels of
   ``cond``) and of the scalar parameters (columns of ``params``), and the grid shape;
-- the default noise range ``sigma_min``/``sigma_max`` for sampling.
+- the default noise range ``sigma_min``/``sigma_max`` for sampling;
+- optionally the **conditioning encoders** (:mod:`.conditioning`): text, given frames and scalar
+  parameters as context tokens of the network (a DiT's cross-attention), with the probabilities of
+  condition dropout it was trained with (what classifier-free guidance needs).
 
 Frames: physical fields ``{name: [B, *grid]}`` --normalise--> stacked ``[B, C, *grid]``
 --encode--> ``z`` (what is diffused); :meth:`Prior.encode_fields` and :meth:`Prior.decode_fields`
 go back and forth, differentiably. Conditioning fields are normalised (not encoded) and handed to
-the network as extra channels. Scalar ``params`` are passed to the network as they are.
+the network as extra channels. Scalar ``params`` are passed to the network as they are (or to the
+parameter encoder as tokens). Frames are normalised with the statistics of their fields; captions are
+strings.
+
+Conditions are bound into the denoiser: ``prior.denoiser(cond, params, text=..., frames=...)``; with
+``guidance_scale=w`` the denoiser is classifier-free guided (:mod:`samplers.cfg`):
+``D_u + w (D_c - D_u)`` from one network call on the doubled batch, whose second half has every
+context token masked (exactly the network's unconditional ``context=None`` path).
 
 Persistence (:meth:`save_pretrained`, :meth:`from_pretrained`: ``model.safetensors`` +
 ``config.json``, local or on the Hugging Face Hub, checked on load) lives in :mod:`.persistence`,
@@ -27,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,7 +45,8 @@ import torch
 from torch import nn
 
 from ..data.normalize import Normalizer
-from .persistence import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, load_prior, save_prior
+from .conditioning import Conditioning, conditioned_call
+from .persistence import CONFIG_NAME, FORMAT, WEIGHTS_NAME, load_prior, save_prior
 from .precond import Preconditioner
 from .representation import Identity, Representation
 
@@ -57,6 +69,9 @@ class Prior(nn.Module):
         representation: default :class:`Identity`.
         problem:        a ``PDE`` instance or its ``config()`` dict; ``None`` for data without one.
         sigma_min, sigma_max: default sampling range (default: the preconditioner's).
+        conditioning:   a :class:`~.conditioning.Conditioning` (or its ``config()``): encoders of
+                        text, frames (of fields among ``fields`` and ``cond_fields``) and scalar
+                        parameters; needs a network with ``context_dim`` equal to their width.
     """
 
     def __init__(
@@ -72,6 +87,7 @@ class Prior(nn.Module):
         problem: Any = None,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
+        conditioning: Conditioning | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.fields = tuple(fields)
@@ -87,6 +103,9 @@ class Prior(nn.Module):
             raise ValueError(f"grid_shape must hold positive sizes, got {self.grid_shape}")
         self.precond = precond
         self.representation = representation if representation is not None else Identity()
+        if isinstance(conditioning, Mapping):
+            conditioning = Conditioning.from_config(conditioning)
+        self.conditioning = conditioning
         if isinstance(normalizer, Mapping):
             normalizer = Normalizer.from_dict(normalizer)
         self.normalizer = normalizer
@@ -99,6 +118,7 @@ class Prior(nn.Module):
         else:
             self._field_norm = self._cond_norm = None
         self._check_network()
+        self._check_conditioning()
         if problem is not None and not isinstance(problem, Mapping):
             problem = problem.config()
         if problem is not None and not {"name", "resolution"} <= set(problem):
@@ -122,12 +142,44 @@ class Prior(nn.Module):
             "in_channels": (latent[0], f"{fields} give {latent[0]} latent channel(s)"),
             "out_channels": (latent[0], f"{fields} give {latent[0]} latent channel(s)"),
             "cond_channels": (len(self.cond_fields), f"the conditioning fields are {list(self.cond_fields)}"),
-            "num_params": (len(self.param_names), f"the scalar parameters are {list(self.param_names)}"),
+            "num_params": (0 if self.conditioning is not None and "params" in self.conditioning else len(self.param_names),
+                           f"the scalar parameters are {list(self.param_names)}"
+                           + (" (encoded as context tokens)" if self.conditioning is not None and
+                              "params" in self.conditioning else "")),
         }
         for attr, (want, why) in expect.items():
             have = getattr(net, attr, None)
             if have is not None and have != want:
                 raise ValueError(f"the network has {attr}={have} but {why}")
+
+    def _check_conditioning(self) -> None:
+        """The encoders fit the network's context width, the fields, the grid and the parameters."""
+        c = self.conditioning
+        self._frame_norm = None
+        if c is None:
+            return
+        width = getattr(self.precond.net, "context_dim", None)
+        kind = getattr(self.precond.net, "config_type", "") or type(self.precond.net).__name__
+        if not width:
+            raise ValueError(f"the network {kind!r} takes no context tokens, but the prior has {list(c.kinds)} "
+                             "conditioning (use a DiT with context_dim > 0)")
+        if width != c.dim:
+            raise ValueError(f"the network has context_dim={width} but the conditioning encoders give {c.dim}-wide tokens")
+        if "frames" in c:
+            enc = c["frames"]
+            known = (*self.fields, *self.cond_fields)
+            missing = [f for f in enc.fields if f not in known]
+            if missing:
+                raise ValueError(f"frames: field(s) {missing} are not fields of the prior ({list(known)})")
+            if len(enc.dims) != len(self.grid_shape):
+                raise ValueError(f"frames: dims {list(enc.dims)} name {len(enc.dims)} axes but grid_shape "
+                                 f"{list(self.grid_shape)} has {len(self.grid_shape)}")
+            if self.normalizer is not None:   # the fields' statistics on the frame's axes
+                stats = self.normalizer.select(enc.fields)
+                self._frame_norm = Normalizer(stats.fields, stats.mean, stats.std, enc.spatial_dims)
+        if "params" in c and tuple(c["params"].names) != self.param_names:
+            raise ValueError(f"params: the encoder takes {list(c['params'].names)} but the prior's parameters are "
+                             f"{list(self.param_names)}")
 
     # -- description -----------------------------------------------------------------------------
 
@@ -181,9 +233,9 @@ class Prior(nn.Module):
             raise TypeError(f"network {type(self.net).__name__} has no config(); the prior cannot describe itself")
         from .. import __version__
 
-        return {
+        out = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if self.conditioning is None else 2,   # the oldest format that reads it
             "diffpde_version": __version__,
             "network": self.net.config(),
             "precond": self.precond.config(),
@@ -197,6 +249,9 @@ class Prior(nn.Module):
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
         }
+        if self.conditioning is not None:
+            out["conditioning"] = self.conditioning.config()
+        return out
 
     # -- building --------------------------------------------------------------------------------
 
@@ -292,29 +347,161 @@ class Prior(nn.Module):
             raise ValueError(f"params must have shape [B, {len(self.param_names)}] ({list(self.param_names)}), got {tuple(p.shape)}")
         return p.to(self.device)
 
+    # -- conditions: text, frames, parameters as tokens ----------------------------------------------
+
+    def _encoder(self, kind: str):
+        if self.conditioning is None or kind not in self.conditioning:
+            have = list(self.conditioning.kinds) if self.conditioning is not None else []
+            raise ValueError(f"this prior has no {kind!r} conditioning (its conditions: {have or 'none'})")
+        return self.conditioning[kind]
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """Shape of one frame the frame encoder takes (the grid without the frame axis)."""
+        enc = self._encoder("frames")
+        if enc.axis is None:
+            return self.grid_shape
+        axis = enc.dims.index(enc.axis)
+        return tuple(n for i, n in enumerate(self.grid_shape) if i != axis)
+
+    def frames_of(self, fields: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The frames of the frame encoder (e.g. ``w`` at ``t = 0``) cut out of fields ``{name: [B, *grid]}``."""
+        enc = self._encoder("frames")
+        out = {}
+        for name in enc.fields:
+            if name not in fields:
+                raise KeyError(f"frames_of: missing field {name!r}; got {list(fields)}")
+            t = torch.as_tensor(fields[name])
+            t = t.unsqueeze(0) if tuple(t.shape) == self.grid_shape else t
+            if tuple(t.shape[1:]) != self.grid_shape:
+                raise ValueError(f"frames_of: field {name!r} must have shape [B, {', '.join(map(str, self.grid_shape))}], "
+                                 f"got {tuple(t.shape)}")
+            out[name] = t if enc.axis is None else t.select(1 + enc.dims.index(enc.axis), enc.index)
+        return out
+
+    def encode_frames(self, frames: Mapping[str, Tensor] | Tensor) -> Tensor:
+        """Physical frames ``{name: [B, *frame_shape]}`` (or stacked ``[B, C, *frame_shape]``) -> normalised.
+
+        The frame of a single field may also be ``[B, *frame_shape]``; batch 1 may be left out
+        (``[C, *frame_shape]``, or ``frame_shape`` alone for a single field).
+        Full fields are cut with :meth:`frames_of`.
+        """
+        enc = self._encoder("frames")
+        shape, c = self.frame_shape, len(enc.fields)
+        what = f"frames must have shape [B, {c} ({', '.join(enc.fields)}), {', '.join(map(str, shape))}]"
+        if isinstance(frames, Mapping):
+            missing = [n for n in enc.fields if n not in frames]
+            if missing:
+                raise KeyError(f"frames: missing field(s) {missing}; got {list(frames)} (cut full fields with frames_of)")
+            parts = []
+            for name in enc.fields:
+                t = torch.as_tensor(frames[name]).to(self.device, torch.float32)
+                t = t.unsqueeze(0) if tuple(t.shape) == shape else t
+                if tuple(t.shape[1:]) != shape:
+                    raise ValueError(f"frames: field {name!r} must have shape [B, {', '.join(map(str, shape))}], got "
+                                     f"{tuple(t.shape)} (cut full fields with frames_of)")
+                parts.append(t)
+            b = max(t.shape[0] for t in parts)
+            x = torch.stack([t.expand(b, *shape) if t.shape[0] == 1 else t for t in parts], dim=1)
+        else:
+            x = torch.as_tensor(frames).to(self.device, torch.float32)
+            if x.ndim == len(shape) and c == 1:
+                x = x[None, None]
+            elif x.ndim == len(shape) + 1:
+                x = x.unsqueeze(1) if c == 1 else x.unsqueeze(0)
+            if tuple(x.shape[1:]) != (c, *shape):
+                raise ValueError(f"{what}, got {tuple(frames.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("frames hold NaN or inf")
+        return self._frame_norm.normalize(x) if self._frame_norm is not None else x
+
+    def encode_context(self, text: str | Sequence[str] | None = None, frames: Mapping[str, Tensor] | Tensor | None = None,
+                       params: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """Context tokens ``[B, L, D]`` and mask ``[B, L]`` of captions, physical frames and encoded
+        ``params`` (:meth:`encode_params`; used when the prior encodes parameters as tokens), or
+        ``(None, None)`` when none is given."""
+        if self.conditioning is None:
+            if text is not None or frames is not None:
+                raise ValueError("this prior has no conditioning encoders; it takes no text or frames")
+            return None, None
+        return self.conditioning(text=text, frames=None if frames is None else self.encode_frames(frames),
+                                 params=params if "params" in self.conditioning else None)
+
     # -- denoising and sampling ------------------------------------------------------------------
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None, params: Tensor | None = None) -> Tensor:
-        """The preconditioned denoiser on normalised inputs (what the losses train)."""
-        return self.precond(x, sigma, cond=cond, params=params)
+    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None, params: Tensor | None = None, *,
+                text: Sequence[str] | None = None, frames: Tensor | None = None,
+                keep: Mapping[str, Tensor] | None = None) -> Tensor:
+        """The preconditioned denoiser on normalised inputs (what the losses train).
+
+        ``text`` (captions), ``frames`` (normalised ``[B, C, *frame_shape]``) and ``params`` are
+        encoded by the conditioning encoders; ``keep`` ``{kind: bool [B]}`` drops a condition for
+        the samples where it is false (condition dropout).
+        """
+        return conditioned_call(self.precond, self.conditioning, x, sigma, cond, params, text=text, frames=frames,
+                                keep=keep)
 
     def denoiser(self, cond: Mapping[str, Tensor] | Tensor | None = None,
-                 params: Mapping[str, Any] | Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+                 params: Mapping[str, Any] | Tensor | None = None, *, text: str | Sequence[str] | None = None,
+                 frames: Mapping[str, Tensor] | Tensor | None = None,
+                 guidance_scale: float | Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         """A :mod:`samplers` denoiser ``D(z, sigma) -> z0_hat`` in the normalised frame.
 
-        ``cond`` (physical units) and ``params`` are bound here; a batch of 1 is broadcast to the
-        batch of ``z``. Gradients flow when enabled (guidance needs them).
+        ``cond`` (physical units), ``params``, ``text`` (a caption or one per sample) and ``frames``
+        (physical, see :meth:`encode_frames`) are bound here, encoded once (constants of the
+        denoiser, without gradient); a batch of 1 is broadcast to the batch of ``z``. A condition
+        kind of the prior that is not given is left out (as if dropped in training).
+        ``guidance_scale=w``: classifier-free guidance ``D_u + w (D_c - D_u)``
+        (:class:`samplers.cfg.ClassifierFreeGuidance`), the unconditional branch being the same
+        network with every context token masked, both in one call on the doubled batch; ``w = 0``
+        and ``w = 1`` call one branch only. Gradients in ``z`` flow when enabled (guidance needs them).
         """
         c = self.encode_cond(cond)
         p = self.encode_params(params)
+        tokenised = self.conditioning is not None and "params" in self.conditioning
+        with torch.no_grad():
+            context, mask = self.encode_context(text, frames, p)
+        if guidance_scale is not None and context is None:
+            raise ValueError("guidance_scale needs a condition to guide by (text, frames, or parameters as tokens)")
+        self._warn_untrained(text, frames, p, guidance_scale)
+        net_params = None if tokenised else p
 
-        def denoise(z: Tensor, sigma: Tensor) -> Tensor:
-            b = z.shape[0]
-            cb = _broadcast(c, b, "cond")
-            pb = _broadcast(p, b, "params")
-            return self.precond(z, sigma, cond=cb, params=pb).to(z.dtype)
+        def switched(z: Tensor, sigma: Tensor, conditional: Tensor | None = None) -> Tensor:
+            # conditional (bool [B]): where the context applies; a doubled batch [z, z] (classifier-free
+            # guidance's two branches) repeats the conditions of a batch of B//2.
+            b, tile = z.shape[0], conditional is not None
+            ctx = m = None
+            if context is not None:
+                ctx, m = _broadcast(context, b, "the conditions", tile), _broadcast(mask, b, "the conditions", tile)
+                if conditional is not None:
+                    m = m & conditional.to(m.device).reshape(-1, 1).bool()
+            return self.precond(z, sigma, cond=_broadcast(c, b, "cond", tile),
+                                params=_broadcast(net_params, b, "params", tile), context=ctx,
+                                context_mask=m).to(z.dtype)
 
-        return denoise
+        if guidance_scale is None:
+            def denoise(z: Tensor, sigma: Tensor) -> Tensor:
+                return switched(z, sigma)
+
+            return denoise
+        from samplers.cfg import ClassifierFreeGuidance
+
+        return ClassifierFreeGuidance(switched, guidance_scale)
+
+    def _warn_untrained(self, text: Any, frames: Any, params: Tensor | None, guidance_scale: Any) -> None:
+        """Warn when sampling asks for a branch the network never saw in training (dropout probability 0)."""
+        c = self.conditioning
+        if c is None:
+            return
+        given = {"text": text is not None, "frames": frames is not None, "params": params is not None}
+        never = [k for k in c.kinds if c.cfg_dropout[k] == 0]
+        absent = [k for k in never if not given[k]]
+        if absent:
+            warnings.warn(f"sampling without {absent}: this prior was trained with them always present "
+                          "(cfg_dropout 0), so its output without them is untrained", UserWarning, stacklevel=3)
+        elif never and guidance_scale is not None and not (isinstance(guidance_scale, (int, float)) and guidance_scale == 1):
+            warnings.warn(f"classifier-free guidance: this prior never dropped {never} in training (cfg_dropout 0), "
+                          "so its unconditional branch is untrained", UserWarning, stacklevel=3)
 
     def sigmas(self, steps: int, schedule: str | Sequence[float] | Tensor = "karras",
                sigma_min: float | None = None, sigma_max: float | None = None, **schedule_options: Any) -> Tensor:
@@ -339,6 +526,9 @@ class Prior(nn.Module):
         cond: Mapping[str, Tensor] | Tensor | None = None,
         params: Mapping[str, Any] | Tensor | None = None,
         *,
+        text: str | Sequence[str] | None = None,
+        frames: Mapping[str, Tensor] | Tensor | None = None,
+        guidance_scale: float | Tensor | None = None,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         schedule_options: Mapping[str, Any] | None = None,
@@ -352,7 +542,7 @@ class Prior(nn.Module):
             steps:     number of solver steps on the grid ``schedule`` (a name in
                        ``samplers.schedules.SCHEDULES`` or an explicit sigma grid ending in 0).
             generator: draws the initial noise (and the solver's noise, for stochastic solvers).
-            cond, params: as for :meth:`denoiser`.
+            cond, params, text, frames, guidance_scale: as for :meth:`denoiser`.
             options:   passed to ``samplers.sample`` (``hooks``, ``callback``, ``stats``, solver options).
             return_latent: also return the final ``z`` under the key ``"_latent"``.
         The network runs in eval mode (dropout off) and is put back in its previous mode after.
@@ -372,7 +562,8 @@ class Prior(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            z = samplers.sample(self.denoiser(cond, params), x, sigmas, solver=solver, generator=generator, **options)
+            denoiser = self.denoiser(cond, params, text=text, frames=frames, guidance_scale=guidance_scale)
+            z = samplers.sample(denoiser, x, sigmas, solver=solver, generator=generator, **options)
         finally:
             self.train(was_training)
         out = self.decode_fields(z)
@@ -407,9 +598,13 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"problem parameter {value!r} of type {type(value).__name__} is not JSON-serialisable")
 
 
-def _broadcast(t: Tensor | None, batch: int, what: str) -> Tensor | None:
+def _broadcast(t: Tensor | None, batch: int, what: str, tile: bool = False) -> Tensor | None:
+    """``t`` ``[n, ...]`` for a state of ``batch``: as it is (``n == batch``), expanded (``n == 1``), or
+    repeated twice when ``tile`` and ``batch == 2 n`` (the two branches of classifier-free guidance)."""
     if t is None or t.shape[0] == batch:
         return t
     if t.shape[0] == 1:
         return t.expand(batch, *t.shape[1:])
+    if tile and batch == 2 * t.shape[0]:
+        return torch.cat([t, t])
     raise ValueError(f"{what} has batch {t.shape[0]} but the state has batch {batch} (use 1 to broadcast)")
