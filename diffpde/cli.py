@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("diffpde.data.generate", "generate a dataset with a PDE family's solver"),
+    "caption": ("diffpde.data.caption_cli", "add captions from the physics to an existing dataset file"),
     "import-pdebench": ("diffpde.data.pdebench", "convert a PDEBench HDF5 file (darcy, burgers)"),
     "train": ("diffpde.training.cli", "train a diffusion prior from a YAML config (Accelerate)"),
     "sample": ("diffpde.inference.cli", "sample a posterior from observations"),
