@@ -1,4 +1,9 @@
-"""The torch ``Dataset`` over a diffpde HDF5 file: fields stacked as channels, normalised."""
+"""The torch ``Dataset`` over a diffpde HDF5 file: fields stacked as channels, normalised.
+
+Captions. A file may hold ``/captions``, strings ``[n_samples, K]`` (UTF-8; ``K`` phrasings of each
+sample, ``""`` where a sample has fewer); :attr:`FieldDataset.captions` reads them and
+:class:`CaptionedDataset` yields them with the fields, for text-conditioned training.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..pdes import PDE, Grid
 from . import hdf5
+from .hdf5 import DatasetFileError
 from .normalize import Normalizer
 
 
@@ -105,6 +111,30 @@ class FieldDataset(Dataset):
                                  f"{pde!r} declares {pde.field(name).shape}")
         return pde
 
+    @cached_property
+    def captions(self) -> np.ndarray | None:
+        """Captions of every sample of the file, ``[n_samples, K]`` strings (``""``: none), or ``None``."""
+        with hdf5.open_file(self.path) as f:
+            if "captions" not in f:
+                return None
+            dset = f["captions"]
+            if dset.dtype.kind not in "OSU":
+                raise DatasetFileError(f"{self.path}: /captions must hold strings, got dtype {dset.dtype}")
+            values = dset.asstr()[()] if dset.dtype.kind in "OS" else dset[()]
+        values = np.asarray(values, dtype=object)
+        values = values[:, None] if values.ndim == 1 else values
+        if values.ndim != 2 or values.shape[0] != self.info.n_samples:
+            raise DatasetFileError(f"{self.path}: /captions must have shape [n_samples = {self.info.n_samples}, K], "
+                                   f"got {values.shape}")
+        return values
+
+    def captions_of(self, k: int) -> tuple[str, ...]:
+        """The (non-empty) phrasings of item ``k``; ``KeyError`` when the file holds no captions."""
+        captions = self.captions
+        if captions is None:
+            raise KeyError(f"{self.path} holds no captions (/captions); write them with `diffpde generate`")
+        return tuple(c for c in captions[int(self.indices[k])] if c)
+
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of one item, ``(C, *field_shape)``."""
@@ -158,3 +188,26 @@ class FieldDataset(Dataset):
     def __repr__(self) -> str:
         return (f"FieldDataset({str(self.path)!r}, problem={self.info.problem!r}, fields={self.field_names}, "
                 f"n={len(self)}, shape={self.shape}, normalized={self.normalizer is not None})")
+
+
+class CaptionedDataset(Dataset):
+    """Items ``{"x": fields [C, *shape], "captions": (phrasing, ...)}`` of a :class:`FieldDataset` with captions.
+
+    Batches of it are made by :func:`collate_captioned` (``{"x": [B, C, *shape], "captions": [B tuples]}``).
+    """
+
+    def __init__(self, base: FieldDataset) -> None:
+        if base.captions is None:
+            raise KeyError(f"{base.path} holds no captions (/captions); write them with `diffpde generate`")
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, k: int) -> dict:
+        return {"x": self.base[k], "captions": self.base.captions_of(k)}
+
+
+def collate_captioned(items: Sequence[dict]) -> dict:
+    """Stack the fields of :class:`CaptionedDataset` items; keep their captions as a list of tuples."""
+    return {"x": torch.stack([item["x"] for item in items]), "captions": [item["captions"] for item in items]}

@@ -103,6 +103,8 @@ class ModelConfig(_Section):
     network: dict[str, Any] = Field(default_factory=lambda: {"type": "unet2d"})  # build("network", config)
     precond: dict[str, Any] = Field(default_factory=lambda: {"type": "edm"})    # build("preconditioner", config, net=net)
     representation: dict[str, Any] = Field(default_factory=lambda: {"type": "identity"})
+    # text / frames / params encoders and cfg_dropout (diffpde.models.construct; a DiT network)
+    conditioning: dict[str, Any] | None = None
 
 
 class LossConfig(_Section):

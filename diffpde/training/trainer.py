@@ -8,6 +8,11 @@ noise of the whole global micro-batch are drawn on every rank from a generator s
 ``(seed, s, k)`` and each rank takes its part. So a run on ``P`` processes computes the same
 gradient (up to float summation order) as a run on one, and a resumed run sees exactly the batches
 and noise the uninterrupted run would have seen, without replaying the data loader.
+
+Conditions (``model.conditioning``): the frames are cut out of the (augmented) batch, a caption is
+one of the sample's phrasings, and condition dropout drops each kind per sample with its
+``cfg_dropout`` probability; the phrasing and dropout draws come from a second generator seeded by
+``(seed, s, k)`` (:func:`condition_generator`), over the global micro-batch like the noise.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from .config import ConfigError, DataConfig, TrainConfig
 from .ema import EMA
 from .records import append_jsonl, trim_jsonl, write_json_atomic
 
-__all__ = ["Trainer", "train", "StepBatchSampler", "LRSchedule", "load_dataset", "step_generator"]
+__all__ = ["Trainer", "train", "StepBatchSampler", "LRSchedule", "load_dataset", "step_generator",
+           "condition_generator", "choose_captions"]
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -122,6 +128,24 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def condition_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """CPU generator for the condition draws (dropout, phrasings) of micro-step ``(step, micro)``.
+
+    Separate from :func:`step_generator`, so that runs without conditions draw exactly as before.
+    """
+    state = np.random.SeedSequence([seed, step, micro, 0x636F6E64]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def choose_captions(captions: list[tuple[str, ...]], u: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """One phrasing per sample, ``floor(u_i * K_i)`` of its ``K_i`` phrasings; and whether it has any.
+
+    ``u`` ``[B]`` uniform draws. A sample without a caption gets ``""`` and ``False``.
+    """
+    chosen = [c[min(int(float(ui) * len(c)), len(c) - 1)] if c else "" for c, ui in zip(captions, u)]
+    return chosen, torch.tensor([bool(c) for c in captions], dtype=torch.bool)
+
+
 # -- optimisation --------------------------------------------------------------------------------
 
 
@@ -142,14 +166,15 @@ class LRSchedule:
 
 
 def denoising_loss(loss: Any, precond: torch.nn.Module, weight_precond: torch.nn.Module, x0: torch.Tensor,
-                   sigma: torch.Tensor, noise: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+                   sigma: torch.Tensor, noise: torch.Tensor, cond: torch.Tensor | None, **conditions: Any) -> torch.Tensor:
     """Per-sample loss ``[B]`` of ``loss`` (a ``DenoisingLoss``) with given draws ``sigma`` ``[B]`` and ``noise``.
 
     The formula of ``DenoisingLoss.__call__`` (a test pins the two together), with the draws made
-    by the caller so that they do not depend on how the batch is split over ranks.
+    by the caller so that they do not depend on how the batch is split over ranks. ``conditions``
+    (``text``, ``frames``, ``keep``) go to ``precond`` (a :class:`~diffpde.models.conditioning.ConditionedPrecond`).
     """
     shape = (-1,) + (1,) * (x0.ndim - 1)
-    denoised = precond(x0 + sigma.reshape(shape) * noise, sigma, cond=cond)
+    denoised = precond(x0 + sigma.reshape(shape) * noise, sigma, cond=cond, **conditions)
     return (loss.weight(sigma, weight_precond).reshape(shape) * (denoised - x0) ** 2).flatten(1).mean(1)
 
 
@@ -204,10 +229,13 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
         self.config = config.validate()
         t = config.train
+        # A fine-tuned text model has parameters no loss reaches (a BERT pooler): DDP must look for them.
+        text = (config.model.conditioning or {}).get("text") or {}
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if text.get("trainable") else []
         self.output_dir = Path(t.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.accelerator = Accelerator(
@@ -219,6 +247,7 @@ class Trainer:
             # Without cpu=True, `accelerate launch --multi_gpu` on a machine without accelerators
             # starts independent single-process runs instead of gloo ranks.
             cpu=not _has_accelerator_device(),
+            kwargs_handlers=handlers,
         )
         acc = self.accelerator
         self.world = acc.num_processes
@@ -247,10 +276,17 @@ class Trainer:
 
         self.prior = Prior.from_dataset(self.dataset, config.model, fields=config.data.fields,
                                         cond_fields=config.data.cond_fields)
+        self.conditioning = self.prior.conditioning
+        self._check_conditions()
         self.loss = build_loss({"type": config.loss.type, **config.loss.options})
-        precond = self.prior.precond
+        # What is optimised: the preconditioned network, with the condition encoders when there are some.
+        from ..models.conditioning import ConditionedPrecond
+
+        precond = self.prior.precond if self.conditioning is None else ConditionedPrecond(self.prior.precond,
+                                                                                           self.conditioning)
         o = config.optim
-        optimizer = _adamw(precond.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        optimizer = _adamw([p for p in precond.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas),
+                           eps=o.eps, weight_decay=o.weight_decay)
         self.lr_schedule = LRSchedule(o.warmup_steps, t.max_steps, o.schedule, o.min_lr_ratio)
         # A plain function, so that the schedule is not stored in checkpoints: a resumed run follows
         # its own config (e.g. a longer max_steps), and the step count alone restores it.
@@ -264,6 +300,23 @@ class Trainer:
 
     # -- pieces ----------------------------------------------------------------------------------
 
+    def _check_conditions(self) -> None:
+        """The data holds what the conditioning encoders read."""
+        c = self.conditioning
+        if c is None:
+            return
+        if "text" in c and self.dataset.captions is None:
+            raise ConfigError(f"model.conditioning.text: the dataset {self.dataset.path} holds no captions "
+                              "(/captions); write them with `diffpde generate`")
+        if "params" in c:
+            raise ConfigError("model.conditioning.params: diffpde datasets store no per-sample scalar parameters to "
+                              "train on; condition on them through the text or given fields instead")
+        if "frames" in c:
+            missing = [f for f in c["frames"].fields if f not in self.channel_fields]
+            if missing:
+                raise ConfigError(f"model.conditioning.frames: field(s) {missing} are not among data.fields or "
+                                  f"data.cond_fields ({self.channel_fields})")
+
     @property
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
@@ -272,15 +325,36 @@ class Trainer:
         t = self.config.train
         sampler = StepBatchSampler(len(self.dataset), self.micro_batch, t.grad_accum, self.accelerator.process_index,
                                    self.world, t.seed, start_step, t.max_steps)
+        if self.conditioning is not None and "text" in self.conditioning:
+            from ..data.dataset import CaptionedDataset, collate_captioned
+
+            return DataLoader(CaptionedDataset(self.dataset), batch_sampler=sampler, num_workers=t.num_workers,
+                              persistent_workers=False, pin_memory=False, collate_fn=collate_captioned)
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=t.num_workers,
                           persistent_workers=False, pin_memory=False)
 
-    def _micro_step(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+    def _conditions(self, batch: torch.Tensor, captions: list | None, step: int, micro: int) -> dict[str, Any]:
+        """``{"text", "frames", "keep"}`` of a rank-local micro-batch (fields ``batch``, normalised)."""
+        c, acc = self.conditioning, self.accelerator
+        lo, hi = acc.process_index * self.local_batch, (acc.process_index + 1) * self.local_batch
+        g = condition_generator(self.config.train.seed, step, micro)
+        keep = {k: v[lo:hi].to(acc.device) for k, v in c.draw_keep(self.micro_batch, g).items()}
+        out: dict[str, Any] = {"keep": keep}
+        if "text" in c:
+            u = torch.rand(self.micro_batch, generator=g)[lo:hi]
+            out["text"], has = choose_captions(captions, u)
+            keep["text"] = keep["text"] & has.to(acc.device)
+        if "frames" in c:
+            out["frames"] = c["frames"].select(batch, self.channel_fields)
+        return out
+
+    def _micro_step(self, batch: torch.Tensor | dict, step: int, micro: int) -> torch.Tensor:
         """Forward and backward of one rank-local micro-batch; returns its per-sample loss (detached)."""
         acc, t = self.accelerator, self.config.train
         lo, hi = acc.process_index * self.local_batch, (acc.process_index + 1) * self.local_batch
         g = step_generator(t.seed, step, micro)
-        batch = batch.to(acc.device)
+        captions = batch["captions"] if isinstance(batch, dict) else None
+        batch = (batch["x"] if isinstance(batch, dict) else batch).to(acc.device)
         if t.augment:   # exact symmetries of the problem, sign changes applied to the physical fields
             batch = augment(batch, t.augment, g, lo, self.micro_batch, problem=self.problem,
                             fields=self.channel_fields, normalizer=self.dataset.normalizer)
@@ -289,7 +363,8 @@ class Trainer:
         # Draws for the whole global micro-batch, so that they do not depend on the number of ranks.
         sigma = self.loss.sample_sigma(self.micro_batch, x0, g)[lo:hi]
         noise = torch.randn((self.micro_batch, *x0.shape[1:]), generator=g)[lo:hi].to(acc.device)
-        per_sample = denoising_loss(self.loss, self.model, self.unwrapped, x0, sigma, noise, cond)
+        conditions = {} if self.conditioning is None else self._conditions(batch, captions, step, micro)
+        per_sample = denoising_loss(self.loss, self.model, self.unwrapped, x0, sigma, noise, cond, **conditions)
         acc.backward(per_sample.mean())
         return per_sample.detach()
 
@@ -326,10 +401,11 @@ class Trainer:
         """The prior with the EMA weights (shares everything but the preconditioned network)."""
         from ..models import Prior
 
-        p = self.prior
-        return Prior(self.ema.shadow, p.fields, p.grid_shape, cond_fields=p.cond_fields, param_names=p.param_names,
+        p, shadow = self.prior, self.ema.shadow
+        precond, conditioning = (shadow, None) if self.conditioning is None else (shadow.precond, shadow.conditioning)
+        return Prior(precond, p.fields, p.grid_shape, cond_fields=p.cond_fields, param_names=p.param_names,
                      normalizer=p.normalizer, representation=p.representation, problem=p.problem_config,
-                     sigma_min=p.sigma_min, sigma_max=p.sigma_max).eval()
+                     sigma_min=p.sigma_min, sigma_max=p.sigma_max, conditioning=conditioning).eval()
 
     def evaluate(self) -> dict[str, Any] | None:
         """Sample with the EMA prior and compare with the data (main process; others wait)."""
