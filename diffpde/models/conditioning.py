@@ -457,7 +457,8 @@ class ParamEncoder(ConditionEncoder):
 
     def forward(self, params: Tensor) -> tuple[Tensor, Tensor]:
         if params.ndim != 2 or params.shape[1] != len(self.names):
-            raise ValueError(f"params must have shape [B, {len(self.names)}] ({list(self.names)}), got {tuple(params.shape)}")
+            raise ValueError(f"params must have shape [B, {len(self.names)}] ({list(self.names)}), "
+                             f"got {tuple(params.shape)}")
         p = (params.to(self.which.dtype) - self.shift) / self.scale
         tokens = self.mlp(p[..., None]) + self.which
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
@@ -481,11 +482,13 @@ class Conditioning(nn.Module):
     tokens. Values of batch 1 are broadcast to the batch of the others.
     """
 
-    def __init__(self, encoders: Mapping[str, ConditionEncoder], cfg_dropout: Mapping[str, float] | None = None) -> None:
+    def __init__(self, encoders: Mapping[str, ConditionEncoder],
+                 cfg_dropout: Mapping[str, float] | None = None) -> None:
         super().__init__()
         unknown = [k for k in encoders if k not in KINDS]
         if unknown or not encoders:
-            raise ValueError(f"conditioning: unknown or no condition kind(s) {unknown or list(encoders)}; known: {list(KINDS)}")
+            raise ValueError(f"conditioning: unknown or no condition kind(s) {unknown or list(encoders)}; "
+                             f"known: {list(KINDS)}")
         for kind, enc in encoders.items():
             if enc.kind != kind:
                 raise ValueError(f"conditioning: a {type(enc).__name__} encodes {enc.kind!r}, not {kind!r}")
@@ -540,7 +543,8 @@ class Conditioning(nn.Module):
         return out
 
     def forward(self, text: Sequence[str] | None = None, frames: Tensor | None = None, params: Tensor | None = None,
-                keep: Mapping[str, Tensor] | None = None, batch: int | None = None) -> tuple[Tensor | None, Tensor | None]:
+                keep: Mapping[str, Tensor] | None = None,
+                batch: int | None = None) -> tuple[Tensor | None, Tensor | None]:
         values = {"text": _check_texts(text) if text is not None else None, "frames": frames, "params": params}
         given = {k: v for k, v in values.items() if v is not None}
         extra = [k for k in given if k not in self.encoders]
@@ -549,7 +553,8 @@ class Conditioning(nn.Module):
         keep = dict(keep or {})
         bad = [k for k in keep if k not in self.encoders]
         if bad:
-            raise ValueError(f"keep names {bad}, which this prior does not encode (its conditions: {list(self.encoders)})")
+            raise ValueError(f"keep names {bad}, which this prior does not encode "
+                             f"(its conditions: {list(self.encoders)})")
         if not given:
             return None, None
         sizes = {k: self.encoders[k].batch_of(v) for k, v in given.items()}

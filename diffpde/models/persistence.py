@@ -190,7 +190,8 @@ def _check_kinds(config: Mapping[str, Any], where: str) -> None:
         if not isinstance(config[key], dict) or "type" not in config[key]:
             raise ValueError(f"{where}: {key!r} must be a mapping with a 'type', got {config[key]!r}")
     if "conditioning" in config and not isinstance(config["conditioning"], dict):
-        raise ValueError(f"{where}: 'conditioning' must be a mapping of condition encoders, got {config['conditioning']!r}")
+        raise ValueError(f"{where}: 'conditioning' must be a mapping of condition encoders, "
+                         f"got {config['conditioning']!r}")
     for key in ("normalizer", "problem"):
         if config[key] is not None and not isinstance(config[key], dict):
             raise ValueError(f"{where}: {key!r} must be a mapping or null, got {config[key]!r}")

@@ -18,8 +18,8 @@ Frames: physical fields ``{name: [B, *grid]}`` --normalise--> stacked ``[B, C, *
 --encode--> ``z`` (what is diffused); :meth:`Prior.encode_fields` and :meth:`Prior.decode_fields`
 go back and forth, differentiably. Conditioning fields are normalised (not encoded) and handed to
 the network as extra channels. Scalar ``params`` are passed to the network as they are (or to the
-parameter encoder as tokens). Frames are normalised with the statistics of their fields; captions are
-strings.
+parameter encoder as tokens). Given frames (the first frame of a trajectory, say) are normalised
+with the statistics of their fields; captions are strings.
 
 Conditions are bound into the denoiser: ``prior.denoiser(cond, params, text=..., frames=...)``; with
 ``guidance_scale=w`` the denoiser is classifier-free guided (:mod:`samplers.cfg`):
@@ -135,6 +135,7 @@ class Prior(nn.Module):
     def _check_network(self) -> None:
         """The network's channels, scalar parameters and grid dimension fit the fields and the grid."""
         net, latent = self.precond.net, self.latent_shape
+        tokenised = self.conditioning is not None and "params" in self.conditioning
         rep = getattr(self.representation, "config_type", "") or type(self.representation).__name__
         fields = f"{len(self.fields)} field(s) {list(self.fields)} on the {rep} representation"
         expect = {
@@ -142,10 +143,9 @@ class Prior(nn.Module):
             "in_channels": (latent[0], f"{fields} give {latent[0]} latent channel(s)"),
             "out_channels": (latent[0], f"{fields} give {latent[0]} latent channel(s)"),
             "cond_channels": (len(self.cond_fields), f"the conditioning fields are {list(self.cond_fields)}"),
-            "num_params": (0 if self.conditioning is not None and "params" in self.conditioning else len(self.param_names),
+            "num_params": (0 if tokenised else len(self.param_names),
                            f"the scalar parameters are {list(self.param_names)}"
-                           + (" (encoded as context tokens)" if self.conditioning is not None and
-                              "params" in self.conditioning else "")),
+                           + (" (encoded as context tokens)" if tokenised else "")),
         }
         for attr, (want, why) in expect.items():
             have = getattr(net, attr, None)
@@ -164,7 +164,8 @@ class Prior(nn.Module):
             raise ValueError(f"the network {kind!r} takes no context tokens, but the prior has {list(c.kinds)} "
                              "conditioning (use a DiT with context_dim > 0)")
         if width != c.dim:
-            raise ValueError(f"the network has context_dim={width} but the conditioning encoders give {c.dim}-wide tokens")
+            raise ValueError(f"the network has context_dim={width} but the conditioning encoders give "
+                             f"{c.dim}-wide tokens")
         if "frames" in c:
             enc = c["frames"]
             known = (*self.fields, *self.cond_fields)
@@ -374,8 +375,8 @@ class Prior(nn.Module):
             t = torch.as_tensor(fields[name])
             t = t.unsqueeze(0) if tuple(t.shape) == self.grid_shape else t
             if tuple(t.shape[1:]) != self.grid_shape:
-                raise ValueError(f"frames_of: field {name!r} must have shape [B, {', '.join(map(str, self.grid_shape))}], "
-                                 f"got {tuple(t.shape)}")
+                raise ValueError(f"frames_of: field {name!r} must have shape "
+                                 f"[B, {', '.join(map(str, self.grid_shape))}], got {tuple(t.shape)}")
             out[name] = t if enc.axis is None else t.select(1 + enc.dims.index(enc.axis), enc.index)
         return out
 
@@ -392,7 +393,8 @@ class Prior(nn.Module):
         if isinstance(frames, Mapping):
             missing = [n for n in enc.fields if n not in frames]
             if missing:
-                raise KeyError(f"frames: missing field(s) {missing}; got {list(frames)} (cut full fields with frames_of)")
+                raise KeyError(f"frames: missing field(s) {missing}; got {list(frames)} "
+                               "(cut full fields with frames_of)")
             parts = []
             for name in enc.fields:
                 t = torch.as_tensor(frames[name]).to(self.device, torch.float32)
@@ -415,7 +417,8 @@ class Prior(nn.Module):
             raise ValueError("frames hold NaN or inf")
         return self._frame_norm.normalize(x) if self._frame_norm is not None else x
 
-    def encode_context(self, text: str | Sequence[str] | None = None, frames: Mapping[str, Tensor] | Tensor | None = None,
+    def encode_context(self, text: str | Sequence[str] | None = None,
+                       frames: Mapping[str, Tensor] | Tensor | None = None,
                        params: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Context tokens ``[B, L, D]`` and mask ``[B, L]`` of captions, physical frames and encoded
         ``params`` (:meth:`encode_params`; used when the prior encodes parameters as tokens), or
@@ -499,7 +502,8 @@ class Prior(nn.Module):
         if absent:
             warnings.warn(f"sampling without {absent}: this prior was trained with them always present "
                           "(cfg_dropout 0), so its output without them is untrained", UserWarning, stacklevel=3)
-        elif never and guidance_scale is not None and not (isinstance(guidance_scale, (int, float)) and guidance_scale == 1):
+        elif never and guidance_scale is not None and not (isinstance(guidance_scale, (int, float))
+                                                           and guidance_scale == 1):
             warnings.warn(f"classifier-free guidance: this prior never dropped {never} in training (cfg_dropout 0), "
                           "so its unconditional branch is untrained", UserWarning, stacklevel=3)
 

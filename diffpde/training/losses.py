@@ -82,18 +82,20 @@ class DenoisingLoss(Configurable):
         raise NotImplementedError
 
     def __call__(self, precond: nn.Module, x0: Tensor, cond: Tensor | None = None, params: Tensor | None = None,
-                 mask: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+                 mask: Tensor | None = None, generator: torch.Generator | None = None, **conditions: Any) -> Tensor:
         """Per-sample loss ``[B]`` of the denoiser ``precond`` on clean normalised data ``x0`` ``[B, C, ...]``.
 
-        ``precond`` is called as ``precond(x, sigma, cond=cond, params=params)``: a
+        ``precond`` is called as ``precond(x, sigma, cond=cond, params=params, **conditions)``: a
         :class:`~diffpde.models.precond.Preconditioner`, a ``Prior``, or either wrapped by
-        Accelerate/DDP. ``generator`` draws sigma and the noise (on its own device).
+        Accelerate/DDP. ``conditions`` are the encoded conditions of a prior with conditioning
+        encoders (``text``, normalised ``frames``, condition dropout ``keep``; see ``Prior.forward``).
+        ``generator`` draws sigma and the noise (on its own device).
         """
         x0 = x0.to(torch.float32)
         sigma = self.sample_sigma(x0.shape[0], x0, generator)
         noise = _draw("randn", tuple(x0.shape), x0, generator)
         x = x0 + sigma.reshape(-1, *([1] * (x0.ndim - 1))) * noise
-        denoised = precond(x, sigma, cond=cond, params=params)
+        denoised = precond(x, sigma, cond=cond, params=params, **conditions)
         err = self.weight(sigma, precond).reshape(-1, *([1] * (x0.ndim - 1))) * (denoised - x0) ** 2
         m = _mask_weights(mask, x0)
         if m is None:

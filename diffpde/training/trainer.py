@@ -166,7 +166,8 @@ class LRSchedule:
 
 
 def denoising_loss(loss: Any, precond: torch.nn.Module, weight_precond: torch.nn.Module, x0: torch.Tensor,
-                   sigma: torch.Tensor, noise: torch.Tensor, cond: torch.Tensor | None, **conditions: Any) -> torch.Tensor:
+                   sigma: torch.Tensor, noise: torch.Tensor, cond: torch.Tensor | None,
+                   **conditions: Any) -> torch.Tensor:
     """Per-sample loss ``[B]`` of ``loss`` (a ``DenoisingLoss``) with given draws ``sigma`` ``[B]`` and ``noise``.
 
     The formula of ``DenoisingLoss.__call__`` (a test pins the two together), with the draws made

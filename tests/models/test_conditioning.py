@@ -353,3 +353,18 @@ def test_conditioning_config_round_trips():
                      {"frames": 0.25})
     again = Conditioning.from_config(json.loads(json.dumps(c.config())))
     assert again.config() == c.config() and again.kinds == ("text", "frames") and again.cfg_dropout["text"] == 0.0
+
+
+def test_the_losses_train_a_prior_with_conditions():
+    from diffpde.training.losses import build_loss
+
+    prior = make_prior({"dim": 16, "text": {"type": "hash_text"}, "frames": FRAMES, "cfg_dropout": {"text": 0.5}})
+    prior.train()
+    z, _, cond = state()
+    keep = {"text": torch.tensor([True, False, True])}
+    loss = build_loss("edm")(prior, z, prior.encode_cond(cond), text=TEXTS, frames=torch.randn(3, 1, 8), keep=keep,
+                             generator=torch.Generator().manual_seed(0))
+    loss.mean().backward()
+    grads = {n: p.grad for n, p in prior.conditioning.named_parameters()}
+    assert loss.shape == (3,) and all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["encoders.text.embed.weight"].abs().sum() > 0 and grads["encoders.frames.out.weight"].abs().sum() > 0
