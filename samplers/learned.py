@@ -4,7 +4,7 @@ The family is the data-prediction exponential multistep update of DPM-Solver++ w
 Step ``i`` (from ``s_i`` to ``s_(i+1)``, one network evaluation) is::
 
     D_i     = D(x_i, s_i * exp(tau_i))                                  # shifted noise level
-    x_(i+1) = (s_(i+1) / s_i) x_i + (1 - s_(i+1) / s_i) sum_j W[i, j] D_(i-j),   j < history
+    x_(i+1) = exp(a_i) (s_(i+1) / s_i) x_i + (1 - s_(i+1) / s_i) sum_j W[i, j] D_(i-j),   j < history
 
 For ``W`` equal to DPM-Solver++(2M)'s (or 3M's, or Euler's) weights on the same grid and ``tau = 0``
 the update *is* that solver (:func:`base_weights`), so a fit starts exactly from a known good solver.
@@ -14,7 +14,10 @@ holds every such linear scheme (UniPC's predictor-corrector among them: its corr
 next step's weights). ``tau`` decouples the noise level the network is told from the level of the
 state (the time-shift and intermediate-point ideas of AMED-Solver and of exposure-bias corrections);
 the grid's last positive level is learned too (few-step grids jump to 0 from well above sigma_min).
-Optionally each channel (axis 1) gets its own weights.
+``a`` (0 unless learned: ``learn=(..., "scales")``) scales the state carried to the next level, so
+the noise the state holds need not follow the grid exactly (the exposure-bias corrections scale the
+network's input or output for the same reason). Optionally each channel (axis 1) gets its own
+weights (and scales).
 
 :func:`fit_learned_solver` fits the grid, the weights and the shifts by back-propagating the final
 error through the unrolled solver (LD3, Tong et al. 2025, learns the grid this way, with an optional
@@ -65,6 +68,8 @@ class LearnedSolver:
                     (entries with ``j > i`` are unused and kept 0); or ``[n, history, C]``: one weight per
                     channel (axis 1 of the state), for fields whose channels move differently.
         log_shifts: ``[n]`` float64 ``tau_i``: step ``i`` evaluates the denoiser at ``sigmas[i] * exp(tau_i)``.
+        log_scales: ``[n]`` (or ``[n, C]`` with per-channel weights) float64 ``a_i``: step ``i`` carries
+                    ``exp(a_i) (s_(i+1) / s_i) x_i``; ``None`` means zeros (the plain exponential update).
         base:       the solver it was initialised from (``euler``, ``dpmpp_2m``, ``dpmpp_3m``).
         shape:      event shape it was fitted for (``None``: any).
         info:       what the fit recorded (JSON-able): errors, wall time, iterations, settings.
@@ -76,6 +81,7 @@ class LearnedSolver:
     base: str = "dpmpp_2m"
     shape: tuple[int, ...] | None = None
     info: dict = field(default_factory=dict)
+    log_scales: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.sigmas = check_sigmas(self.sigmas)
@@ -87,8 +93,16 @@ class LearnedSolver:
                              f"got {tuple(self.weights.shape)}")
         if self.log_shifts.numel() != n:
             raise ValueError(f"log_shifts must have {n} entries (one per step), got {self.log_shifts.numel()}")
-        if not (torch.isfinite(self.weights).all() and torch.isfinite(self.log_shifts).all()):
-            raise ValueError("learned solver weights or shifts are not finite")
+        want = (n,) if self.weights.ndim == 2 else (n, self.weights.shape[2])
+        if self.log_scales is None:
+            self.log_scales = torch.zeros(want, dtype=F64)
+        self.log_scales = torch.as_tensor(self.log_scales, dtype=F64).detach().cpu()
+        if tuple(self.log_scales.shape) != want:
+            raise ValueError(f"log_scales must have shape {list(want)} (one per step{', per channel' if len(want) > 1 else ''}), "
+                             f"got {tuple(self.log_scales.shape)}")
+        if not (torch.isfinite(self.weights).all() and torch.isfinite(self.log_shifts).all()
+                and torch.isfinite(self.log_scales).all()):
+            raise ValueError("learned solver weights, shifts or scales are not finite")
         if self.base not in BASES:
             raise ValueError(f"unknown base solver {self.base!r}; known: {', '.join(BASES)}")
         if self.shape is not None:
@@ -128,7 +142,8 @@ class LearnedSolver:
         return self.sigmas
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"sigmas": self.sigmas.clone(), "weights": self.weights.clone(), "log_shifts": self.log_shifts.clone()}
+        return {"sigmas": self.sigmas.clone(), "weights": self.weights.clone(), "log_shifts": self.log_shifts.clone(),
+                "log_scales": self.log_scales.clone()}
 
     def metadata(self) -> dict:
         positive = self.sigmas[self.sigmas > 0]
@@ -144,7 +159,7 @@ class LearnedSolver:
         if missing:
             raise ValueError(f"learned solver state lacks {sorted(missing)}")
         solver = cls(tensors["sigmas"], tensors["weights"], tensors["log_shifts"], metadata.get("base", "dpmpp_2m"),
-                     metadata.get("shape"), dict(metadata.get("info", {})))
+                     metadata.get("shape"), dict(metadata.get("info", {})), tensors.get("log_scales"))
         if "nfe" in metadata and metadata["nfe"] != solver.nfe:
             raise ValueError(f"metadata says nfe {metadata['nfe']}, the grid has {solver.nfe} steps")
         return solver
@@ -225,12 +240,12 @@ def _per_channel(weights: Tensor, x: Tensor) -> Tensor:
     return weights.reshape(*weights.shape[:-1], 1, weights.shape[-1], *(1,) * (x.ndim - 2))
 
 
-def _update(x: Tensor, history: Sequence[Tensor], ratio, weights) -> Tensor:
-    """``ratio x + (1 - ratio) sum_j weights[j] history[j]`` (``history`` most recent first)."""
+def _update(x: Tensor, history: Sequence[Tensor], ratio, weights, scale=1.0) -> Tensor:
+    """``scale ratio x + (1 - ratio) sum_j weights[j] history[j]`` (``history`` most recent first)."""
     combined = weights[0] * history[0]
     for j in range(1, len(history)):
         combined = combined + weights[j] * history[j]
-    return ratio * x + (1 - ratio) * combined
+    return (scale * ratio) * x + (1 - ratio) * combined
 
 
 @register("learned", order=2, nfe_per_step=1, stochastic=False)
@@ -246,13 +261,15 @@ def learned(denoiser, x, sigmas=None, *, params: LearnedSolver | None = None, ho
     shifts = params.log_shifts.tolist()
     if params.channels is None:
         weights = params.weights.tolist()
+        scales = params.log_scales.exp().tolist()
     else:
         weights = _per_channel(params.weights.to(device=x.device, dtype=x.dtype), x)
+        scales = _per_channel(params.log_scales.exp().to(device=x.device, dtype=x.dtype), x)
     history = []  # denoised values, most recent first
     for i, sigma, sigma_next in run.steps():
         denoised = run.denoise(x, sigma * math.exp(shifts[i]))
         history = ([denoised] + history)[: params.history]
-        x = _update(x, history, sigma_next / sigma, weights[i])
+        x = _update(x, history, sigma_next / sigma, weights[i], scales[i])
         x = run.end_step(i, x, denoised)
     return run.finish(x)
 
@@ -290,6 +307,7 @@ class _Parameters(torch.nn.Module):
         offsets = init.weights - self._base(s)
         self.delta = torch.nn.Parameter(offsets.clone(), requires_grad="weights" in learn)
         self.tau = torch.nn.Parameter(init.log_shifts.clone(), requires_grad="shifts" in learn)
+        self.alpha = torch.nn.Parameter(init.log_scales.clone(), requires_grad="scales" in learn)
         i, j = torch.meshgrid(torch.arange(self.n), torch.arange(self.k), indexing="ij")
         mask = (j <= i).to(F64)                                           # weights on existing history only
         self.register_buffer("mask", mask if self.channels is None else mask[..., None])
@@ -309,7 +327,8 @@ class _Parameters(torch.nn.Module):
         with torch.no_grad():
             grid = self.grid()
             weights = self._base(grid) + self.delta * self.mask
-            return LearnedSolver(grid, weights, self.tau.detach().clone(), self.base, shape, dict(info or {}))
+            return LearnedSolver(grid, weights, self.tau.detach().clone(), self.base, shape, dict(info or {}),
+                                 self.alpha.detach().clone())
 
     def forward(self, denoiser: Denoiser, x: Tensor, final_history: list | None = None) -> Tensor:
         """The unrolled solver, differentiable in the parameters (and in ``x``).
@@ -319,15 +338,17 @@ class _Parameters(torch.nn.Module):
         grid = self.grid()
         to = {"dtype": x.dtype, "device": x.device}
         weights = (self._base(grid) + self.delta * self.mask).to(**to)
+        scales = self.alpha.exp().to(**to)
         if self.channels is not None:
             weights = _per_channel(weights, x)
+            scales = _per_channel(scales, x)
         sig = (grid[:-1] * torch.exp(self.tau)).to(**to)
         ratios = (grid[1:] / grid[:-1]).to(**to)
         history = []
         for i in range(self.n):
             denoised = denoiser(x, sig[i].expand(x.shape[0]))
             history = ([denoised] + history)[: self.k]
-            x = _update(x, history, ratios[i], weights[i])
+            x = _update(x, history, ratios[i], weights[i], scales[i])
         if final_history is not None:
             final_history.extend(history)
         return x
@@ -406,7 +427,7 @@ def fit_learned_solver(
         base:        the solver the fit starts from: ``dpmpp_2m`` (default), ``dpmpp_3m`` or ``euler``.
         history:     weights per step (denoised values combined); default ``max(base order, 3)``.
         per_channel: one weight per channel (axis 1) instead of one per step and history entry.
-        learn:       which parts to fit: any of ``sigmas`` (the grid), ``weights``, ``shifts``.
+        learn:       which parts to fit: any of ``sigmas`` (the grid), ``weights``, ``shifts``, ``scales``.
         steps:       Adam iterations (cosine-decayed learning rate ``lr``; the grid logits get ``5 lr``).
         batch_size:  fit noises per iteration (minibatches drawn without replacement, epoch by epoch).
         val_fraction: share of the fit noises held out as a validation set (0: none; then the last
@@ -431,22 +452,23 @@ def fit_learned_solver(
         raise ValueError(f"noise {tuple(noise.shape)} and reference {tuple(reference.shape)} must be equal [N, ...]")
     check_finite(noise, "the fit noises")
     check_finite(reference, "the fit references")
-    unknown = set(learn) - {"sigmas", "weights", "shifts"}
+    unknown = set(learn) - {"sigmas", "weights", "shifts", "scales"}
     if unknown:
-        raise ValueError(f"unknown parts to learn {sorted(unknown)}; known: sigmas, weights, shifts")
+        raise ValueError(f"unknown parts to learn {sorted(unknown)}; known: sigmas, weights, shifts, scales")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if init_sigmas is None:
         init_sigmas = karras(nfe, sigma_min, sigma_max, rho=7.0)
     if isinstance(init_sigmas, LearnedSolver):
         init = LearnedSolver(init_sigmas.sigmas, init_sigmas.weights, init_sigmas.log_shifts, init_sigmas.base,
-                             tuple(noise.shape[1:]))
+                             tuple(noise.shape[1:]), log_scales=init_sigmas.log_scales)
         base, history, per_channel = init.base, init.history, init.channels is not None
     else:
         init = LearnedSolver.initial(init_sigmas, base, history, noise.shape[1:])
     if per_channel and init.channels is None:
         init = LearnedSolver(init.sigmas, init.weights[..., None].expand(-1, -1, noise.shape[1]).clone(),
-                             init.log_shifts, base, init.shape)
+                             init.log_shifts, base, init.shape,
+                             log_scales=init.log_scales[:, None].expand(-1, noise.shape[1]).clone())
     if init.nfe != nfe:
         raise ValueError(f"init_sigmas has {init.nfe} steps, nfe is {nfe}")
     positive = init.sigmas[:-1]
@@ -461,7 +483,7 @@ def fit_learned_solver(
     if train_idx.numel() == 0:
         raise ValueError("no fit noises left for training after the validation split")
     params = _Parameters(init, set(learn), min(sigma_min, float(positive[-1])))
-    groups = [{"params": [params.logits], "lr": 5 * lr}, {"params": [params.delta, params.tau], "lr": lr}]
+    groups = [{"params": [params.logits], "lr": 5 * lr}, {"params": [params.delta, params.tau, params.alpha], "lr": lr}]
     optimiser = torch.optim.Adam(groups)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * k / max(steps, 1))))
     trainable = [p for p in params.parameters() if p.requires_grad]

@@ -71,7 +71,7 @@ def test_fit_path_is_the_sampler():
     den = mixture()
     x = S_MAX * noise(8, den.shape, seed=0)
     start = torch.tensor([S_MAX, 9.0, 1.5, 0.3, 0.05, 0.0], dtype=F64)
-    params = _Parameters(LearnedSolver.initial(start, "dpmpp_3m", history=4), {"sigmas", "weights", "shifts"},
+    params = _Parameters(LearnedSolver.initial(start, "dpmpp_3m", history=4), {"sigmas", "weights", "shifts", "scales"},
                          sigma_floor=S_MIN)
     assert torch.allclose(params.grid(), start, rtol=1e-13, atol=0)                # the fit starts on its grid
     g = torch.Generator().manual_seed(0)
@@ -95,12 +95,15 @@ def test_per_channel_weights():
     assert (run(split) - run(shared)).abs().max() < 1e-14
     with pytest.raises(ValueError, match="channels"):
         run(split, torch.zeros(2, 3, 2, dtype=F64))
-    params = _Parameters(split, {"weights"})
+    params = _Parameters(split, {"weights", "scales"})
+    assert params.alpha.shape == (4, 2)                                        # per-channel scales too
     with torch.no_grad():
         params.delta.add_(0.2 * torch.randn(params.delta.shape, generator=torch.Generator().manual_seed(0), dtype=F64))
+        params.alpha.add_(0.1 * torch.randn(params.alpha.shape, generator=torch.Generator().manual_seed(1), dtype=F64))
         unrolled = params(den, x)
     fitted = params.solver(den.shape)
     assert not torch.equal(fitted.weights[..., 0], fitted.weights[..., 1])
+    assert not torch.equal(fitted.log_scales[:, 0], fitted.log_scales[:, 1])
     assert (run(fitted) - unrolled).abs().max() < 1e-12
     fit = noise(8, den.shape, seed=2)
     ref = reference(den, S_MAX * fit, (S_MAX, S_MIN))
@@ -213,6 +216,10 @@ def test_state_round_trip(gaussian_fit):
     x = S_MAX * noise(8, (4,), seed=1)
     run = lambda s: samplers.sample(den, x, s.sigmas, solver="learned", params=s)  # noqa: E731
     assert torch.equal(run(again), run(solver))
+    older = LearnedSolver.from_state({k: v for k, v in tensors.items() if k != "log_scales"}, meta)
+    assert torch.equal(older.log_scales, torch.zeros(4, dtype=F64))        # states saved before scales existed
+    with pytest.raises(ValueError, match="log_scales"):
+        LearnedSolver(solver.sigmas, solver.weights, solver.log_shifts, log_scales=torch.zeros(3))
     with pytest.raises(ValueError, match="kind"):
         LearnedSolver.from_state(tensors, {**meta, "kind": "covariance"})
     with pytest.raises(ValueError, match="log_shifts"):
