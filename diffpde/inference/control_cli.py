@@ -103,7 +103,7 @@ def _fresh_problem(args: argparse.Namespace):
     return pdes.get(args.problem, args.resolution, **parse_key_values(args.param, "--param"))
 
 
-def _load(args: argparse.Namespace, device: torch.device):
+def load_setting(args: argparse.Namespace, device: torch.device):
     """``(prior, control problem, instances dict, indices or None)``."""
     from .. import pdes
     from ..data import read_fields, read_info
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     guidances = parse_guidances(args.guidance, args)
     _, device = process_state(args.device)
-    prior, cp, inst, indices = _load(args, device)
+    prior, cp, inst, indices = load_setting(args, device)
     log = None if args.quiet else (lambda s: print(f"[control] {s}", flush=True))
     adjoint = None if args.no_adjoint else {"max_iter": args.adjoint_iters, "tol": args.adjoint_tol}
     result = evaluate_control(prior, cp, inst["initial"], inst["target"], guidances=guidances, nfes=args.nfe,

@@ -2,8 +2,10 @@
 guidance gradients on exact Gaussian priors and a wavelet prior, and the ``diffpde control`` command."""
 
 import argparse
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,3 +277,19 @@ def test_control_command_bad_input(tiny_burgers_prior, argv, message):
     _, prior = tiny_burgers_prior
     with pytest.raises((ValueError, KeyError), match=message):
         _run(prior, "--quiet", "--no-adjoint", *argv)
+
+
+def test_bench_control_writes_table_json_and_figure(tiny_burgers_prior, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_control", Path(__file__).resolve().parents[2] / "scripts" / "bench_control.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data, prior = tiny_burgers_prior
+    out, md, fig = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
+    assert bench.main(["--prior", prior, "--data", data, "--n", "2", "--nfe", "2", "3", "--samples", "2",
+                       "--guidance", "decoder", "none", "--adjoint-iters", "2", "--json", str(out), "--markdown", str(md),
+                       "--figure", str(fig)]) == 0
+    table = md.read_text()
+    assert "| adjoint optimum (L-BFGS" in table and "| no control (f = 0) |" in table and table.count("\n| ") == 8   # separator, 3 baselines, 4 runs
+    result = json.loads(out.read_text())
+    assert len(result["guided"]) == 4 and fig.stat().st_size > 0 and "_samples" not in result
