@@ -50,7 +50,7 @@ from .normalize import Normalizer
 Tensor = torch.Tensor
 
 __all__ = ["KINDS", "METHODS", "axis_kinds", "fourier_resample", "downsample", "upsample", "coarse_mask",
-           "coarse_shape", "fine_shape", "second_difference", "box_mean", "SCALES", "conditions", "cond_names",
+           "coarse_shape", "fine_shape", "second_difference", "detail", "box_mean", "SCALES", "conditions", "cond_names",
            "SuperResolutionPairs"]
 
 KINDS = ("periodic", "interval")
@@ -250,6 +250,20 @@ def box_mean(x: Tensor, radius: int, kinds: Sequence[str]) -> Tensor:
     return x
 
 
+def detail(coarse: Tensor, dim: int, kind: str, method: str) -> Tensor:
+    """What interpolating ``coarse`` along ``dim`` with ``method`` is expected to miss, on the coarse grid.
+
+    Fourier interpolation on a periodic axis misses the modes above the coarse Nyquist mode; the
+    coarse field's top octave (its modes ``|k| > n/4``) estimates them (a field resolved by the
+    grid has next to none). The other interpolants miss about ``h^2 u''/8`` between two points
+    (linear interpolation's midpoint error): the second difference over 8.
+    """
+    n = coarse.shape[dim]
+    if kind == "periodic" and method == "spectral" and n >= 4:
+        return coarse - fourier_resample(fourier_resample(coarse, n // 2, dim), n, dim)
+    return second_difference(coarse, dim, kind) / 8
+
+
 def conditions(coarse: Tensor, factors: Sequence[int], kinds: Sequence[str], method: str | Sequence[str],
                shape: Sequence[int] | None = None, scale: str = "local", radius: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     """What a super-resolution prior is given about the fine field, from ``coarse`` ``[B, *grid]`` alone.
@@ -258,34 +272,35 @@ def conditions(coarse: Tensor, factors: Sequence[int], kinds: Sequence[str], met
 
     - ``up`` ``[B, *fine]``: ``coarse`` upsampled with ``method`` (the base the residual is added to);
     - ``cond`` ``[B, C, *fine]``: ``up``, the coarse mask (:func:`coarse_mask`, it tells the factors
-      and where the coarse points are) and, unless ``scale="none"``, per axis the coarse second
-      difference over 8 (the error of linear interpolation at a midpoint, ``h^2 u''/8``; zero on
-      axes that are not refined), upsampled and divided by ``s``;
-    - ``s`` ``[B, *fine]``: the size of the interpolation error to expect, from those curvature
-      terms: their rms over a box of ``2 radius + 1`` coarse points around each point
-      (``"local"``) or over the whole grid (``"global"``), plus a floor of 1e-3 of the global
-      value; 1 with ``"none"``. A residual divided by ``s`` has about the same size wherever and
-      at whatever level it is (fine scales that decay, shocks that form, grids that resolve them
-      or not), so a prior trained on coarse levels applies beyond its finest one.
+      and where the coarse points are) and, unless ``scale="none"``, per axis the :func:`detail`
+      the interpolation along it misses (zero on axes that are not refined), upsampled and
+      divided by ``s``;
+    - ``s`` ``[B, *fine]``: the size of the interpolation error to expect: the rms of those details
+      over a box of ``2 radius + 1`` coarse points around each point (``"local"``) or over the
+      whole grid (``"global"``), plus a floor of 1e-3 of the global value; 1 with ``"none"``. A
+      residual divided by ``s`` has about the same size wherever and at whatever level it is (fine
+      scales that decay, shocks that form, grids that resolve them or not), so a prior trained on
+      coarse levels applies beyond its finest one.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     factors, kinds = _check(coarse, factors, kinds)
-    up = upsample(coarse, factors, kinds, method, shape)
+    methods = _per_axis(method, len(kinds), "method")
+    up = upsample(coarse, factors, kinds, methods, shape)
     fine = up.shape[-len(kinds):]
     mask = coarse_mask(fine, factors, dtype=up.dtype, device=up.device)
     parts = [up, mask.expand_as(up)]
     if scale == "none":
         return up, torch.stack(parts, 1), torch.ones_like(up)
     lead = coarse.ndim - len(kinds)
-    curv = [second_difference(coarse, lead + i, k) / 8 if f > 1 else torch.zeros_like(coarse)
-            for i, (f, k) in enumerate(zip(factors, kinds))]
-    energy = sum(c.square() for c in curv)
+    details = [detail(coarse, lead + i, k, m) if f > 1 else torch.zeros_like(coarse)
+               for i, (f, k, m) in enumerate(zip(factors, kinds, methods))]
+    energy = sum(d.square() for d in details)
     total = energy.flatten(1).mean(1).reshape(-1, *([1] * (coarse.ndim - 1)))
     floor = 1e-3 * total.sqrt() + 1e-12 * coarse.flatten(1).square().mean(1).sqrt().reshape(total.shape) + 1e-30
     s = (box_mean(energy, radius, kinds) if scale == "local" else total.expand_as(energy)).sqrt() + floor
     s = upsample(s, factors, kinds, "linear", fine)
-    parts += [upsample(c, factors, kinds, method, fine) / s for c in curv]
+    parts += [upsample(d, factors, kinds, methods, fine) / s for d in details]
     return up, torch.stack(parts, 1), s
 
 
@@ -296,7 +311,7 @@ _downsample, _upsample = downsample, upsample   # the dataset's arguments of the
 
 def cond_names(field: str, dims: Sequence[str], scale: str = "local") -> tuple[str, ...]:
     """Names of the channels of ``cond`` from :func:`conditions`."""
-    return (f"{field}_coarse", "coarse_mask") + ((tuple(f"{field}_curvature_{d}" for d in dims)) if scale != "none" else ())
+    return (f"{field}_coarse", "coarse_mask") + ((tuple(f"{field}_detail_{d}" for d in dims)) if scale != "none" else ())
 
 
 class SuperResolutionPairs(Dataset):
@@ -310,7 +325,7 @@ class SuperResolutionPairs(Dataset):
     - ``fine``   = the source field downsampled by ``2**l`` on every axis (level ``l``);
     - ``coarse`` = ``fine`` downsampled by the factors;
     - the conditions = :func:`conditions` of ``coarse`` on the grid of ``fine`` (the upsampled
-      coarse field ``<field>_coarse``, the ``coarse_mask``, the scaled curvatures);
+      coarse field ``<field>_coarse``, the ``coarse_mask``, the scaled details ``<field>_detail_<dim>``);
     - the target = ``(fine - up) / s`` (``target="residual"``, field ``<field>_residual``; ``s`` the
       expected size of the interpolation error, see :func:`conditions`, over boxes of ``radius``) or ``fine`` (``target="field"``, field ``<field>``);
     - one window of ``crop`` points of each is cut at the same place (periodic axes wrap around;
@@ -321,7 +336,7 @@ class SuperResolutionPairs(Dataset):
     sampling time. An item is the float32 tensor ``[1 + C, *crop]`` (target, conditions),
     normalised by :attr:`normalizer` (the target's statistics measured on ``stats_items`` items,
     the coarse field's those of the source field stored in the file, the mask and the scaled
-    curvatures as they are) -- the layout of a :class:`~diffpde.data.dataset.FieldDataset` item
+    details as they are) -- the layout of a :class:`~diffpde.data.dataset.FieldDataset` item
     with ``fields + cond_fields`` as channels, so the trainer's batches fit.
     """
 

@@ -15,6 +15,7 @@ from diffpde.data.pairs import (
     box_mean,
     coarse_mask,
     conditions,
+    detail,
     downsample,
     fourier_resample,
     second_difference,
@@ -112,6 +113,14 @@ def test_mask_second_difference_and_conditions():
     assert cond_none.shape == (1, 2, 17, 16) and torch.equal(s_none, torch.ones_like(s_none))
 
 
+def test_detail_is_the_top_octave_for_fourier_and_the_curvature_otherwise():
+    x = grid(16)
+    low, high = trig(x, 3), 0.2 * torch.cos(2 * math.pi * 6 * x)   # modes <= 3 = n/4 - 1, and one in the top octave
+    assert detail(low, 0, "periodic", "spectral").abs().max() < 1e-13
+    assert torch.allclose(detail(low + high, 0, "periodic", "spectral"), high, atol=1e-13)
+    assert torch.allclose(detail(low, 0, "periodic", "linear"), second_difference(low, 0, "periodic") / 8)
+
+
 def test_box_mean():
     x = torch.arange(6, dtype=torch.float64)
     assert box_mean(x, 1, ("interval",)).tolist() == [0.5, 1.0, 2.0, 3.0, 4.0, 4.5]
@@ -129,7 +138,7 @@ def test_pairs_shapes_levels_factors_and_reconstruction(burgers_file):
     ds = SuperResolutionPairs(burgers_file, levels=(0, 1), factors=((2, 2), (1, 2), (2, 1)), crop=(8, 8),
                               pairs_per_sample=16, stats_items=32)
     assert ds.kinds == K and ds.dims == ("t", "x") and len(ds) == 64
-    assert ds.field_names == ("u_residual", "u_coarse", "coarse_mask", "u_curvature_t", "u_curvature_x")
+    assert ds.field_names == ("u_residual", "u_coarse", "coarse_mask", "u_detail_t", "u_detail_x")
     assert ds[0].shape == ds.shape == (5, 8, 8) and ds[0].dtype == torch.float32
     assert ds.pyramid[1].shape == (4, 9, 8)
     draws = [ds.draw(k) for k in range(len(ds))]
