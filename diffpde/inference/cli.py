@@ -2,6 +2,9 @@
 
     diffpde sample --prior runs/darcy --data test.h5 --index 0,1 --observe u:0.03 --out post.h5 --plot post.png
     diffpde sample --prior runs/darcy --observations obs.h5 --data test.h5 --out post.h5
+    diffpde sample --prior runs/burgers_text/prior --text "A periodic Burgers trajectory; viscosity 0.01." --out gen.h5
+    diffpde sample --prior runs/burgers_text/prior --data test.h5 --index 0-3 --frames-from-data --samples 4
+    diffpde sample --prior runs/burgers_text/prior --data test.h5 --observe u:0.03 --text-from-data --guidance-scale 2
     diffpde evaluate --prior runs/darcy --data test.h5 --task inverse --n-test 100 --observe 0.03 --json inverse.json
     accelerate launch --num_processes 4 -m diffpde.cli evaluate ...   # the instances split over 4 processes
 
@@ -9,6 +12,16 @@ Observation specs (``--observe``) are described in :mod:`diffpde.inference.spec`
 ``u:500``, ``a:1.0,u:0.03@0.01``). For ``evaluate --task forward|inverse`` a bare amount (``0.03``,
 ``500``, ``1.0``, optionally ``@NOISE``) applies to the observed fields of the task: the input
 fields of the PDE family (forward) or its output fields (inverse).
+
+Conditions (a prior with conditioning encoders): ``--text`` (one caption for every instance),
+``--text-from-data [K]`` (phrasing ``K`` of each instance's captions in ``--data``),
+``--frames-from-data`` (the frames of the prior's frame encoder, e.g. the first frame, cut out of
+each instance of ``--data``) and ``--guidance-scale W`` (classifier-free guidance). With
+observations they condition the posterior (every method); without, ``sample`` generates
+trajectories from the conditions alone (text to trajectory, first frame to trajectory) and reports,
+for trajectory families, the relative L2 against ``--data`` (the solver's trajectory) and the
+physical consistency (the relative L2 between each sample and the solver re-run from its own first
+frame; :mod:`diffpde.inference.consistency`).
 
 Observations made from a dataset record their provenance (problem, dataset, instances); an
 observations file is checked against the prior's problem and against ``--index``, and without
@@ -58,6 +71,19 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_condition_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("conditions (priors with conditioning encoders)")
+    text = g.add_mutually_exclusive_group()
+    text.add_argument("--text", default=None, metavar="CAPTION", help="a caption, for every instance")
+    text.add_argument("--text-from-data", nargs="?", type=int, const=0, default=None, metavar="K",
+                      help="each instance's caption from --data (phrasing K, default 0)")
+    g.add_argument("--frames-from-data", action="store_true",
+                   help="each instance's frames from --data (those the prior's frame encoder takes, e.g. u at t = 0)")
+    g.add_argument("--guidance-scale", type=float, default=None, metavar="W",
+                   help="classifier-free guidance scale (0: unconditional, 1: conditional; default: the conditional "
+                   "denoiser)")
+
+
 def add_parser(subparsers: argparse._SubParsersAction, name: str | None = None) -> argparse.ArgumentParser:
     """Add the parser of ``name`` (``sample`` or ``evaluate``).
 
@@ -73,13 +99,16 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str | None = None) 
     if name == "sample":
         p = subparsers.add_parser("sample", help="sample a posterior from observations", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--observe", metavar="SPEC", help="observe instances of --data, e.g. u:0.03 or a:1.0,u:500@0.01")
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--observe", metavar="SPEC",
+                         help="observe instances of --data, e.g. u:0.03 or a:1.0,u:500@0.01 (or no observations: "
+                         "generate from --text / --frames-from-data)")
         src.add_argument("--observations", metavar="FILE.h5", help="an observations file (Observations.save)")
         p.add_argument("--data", metavar="TEST.h5", help="dataset file the instances come from (truth for metrics)")
         p.add_argument("--index", default=None, help="instances of --data: 0 or 0,3,7 or 0-3 (default: 0 with --observe, "
                        "the file's instances with --observations)")
         _add_sampling_options(p)
+        _add_condition_options(p)
         p.add_argument("--out", metavar="FILE.h5", help="write the posterior (samples, mean, std, diagnostics, observations)")
         p.add_argument("--plot", metavar="FILE.png", help="write a figure (one file per instance when several)")
         return p
@@ -240,6 +269,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if args.observe is not None and not args.data:
         raise ValueError("--observe makes observations of dataset instances: give --data TEST.h5 (and --index)")
+    if args.observe is None and args.observations is None:
+        return run_generate(args)
     _check_arguments(args, "out", "plot")
     sampling = _sampling(args)
     state, device = process_state(args.device)
@@ -247,8 +278,14 @@ def run_sample(args: argparse.Namespace) -> int:
     problem = problem_of(prior)
     observations, indices, truth = _observations(args, prior)
     likelihood_std = None if args.observe is not None else args.noise_std
-    posterior = sample_batches(prior, observations, sampling, keys=indices or None, batch=args.batch, truth=truth,
-                               noise_std=likelihood_std, progress=not args.quiet, state=state)
+    conditions = _conditions(args, prior, indices, truth)
+    if conditions:
+        posterior = _sample_conditioned(prior, observations, sampling, conditions, keys=indices or None,
+                                        batch=args.batch, truth=truth, noise_std=likelihood_std,
+                                        progress=not args.quiet, state=state)
+    else:
+        posterior = sample_batches(prior, observations, sampling, keys=indices or None, batch=args.batch, truth=truth,
+                                   noise_std=likelihood_std, progress=not args.quiet, state=state)
     if not state.is_main_process:
         return 0
     metrics = None
@@ -286,6 +323,218 @@ def run_sample(args: argparse.Namespace) -> int:
             plot_reconstruction(truth, posterior, observations, path, instance=b, problem=problem,
                                 title=f"{label}: {d['method']} / {d['solver']}, {d['steps']} steps, NFE {d.get('nfe')}")
             print(f"wrote {path}")
+    return 0
+
+
+# -- conditions: text, frames, classifier-free guidance -----------------------------------------------
+
+
+def _conditions(args: argparse.Namespace, prior, indices: list[int], truth: dict | None) -> dict[str, Any]:
+    """``{"text", "frames", "guidance_scale"}`` of the command line (only those given), per instance."""
+    out: dict[str, Any] = {}
+    from_data = args.text_from_data is not None or args.frames_from_data
+    if from_data and (truth is None or not indices):
+        raise ValueError("--text-from-data and --frames-from-data read the instances of --data: give --data TEST.h5 "
+                         "(and --index)")
+    if args.text is not None:
+        out["text"] = args.text
+    elif args.text_from_data is not None:
+        from ..data.hdf5 import read_captions
+
+        k = args.text_from_data
+        texts = []
+        for i in indices:
+            phrasings = read_captions(args.data, i)
+            if not -len(phrasings) <= k < len(phrasings) or not phrasings[k]:
+                raise ValueError(f"--text-from-data {k}: instance {i} of {args.data} has {len(phrasings)} phrasing(s)"
+                                 + (f" and phrasing {k} is empty" if -len(phrasings) <= k < len(phrasings) else ""))
+            texts.append(phrasings[k])
+        out["text"] = texts
+    if args.frames_from_data:
+        out["frames"] = prior.frames_of(truth)
+    if args.guidance_scale is not None:
+        if not math.isfinite(args.guidance_scale):
+            raise ValueError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
+        if "text" not in out and "frames" not in out:
+            raise ValueError("--guidance-scale needs a condition to guide by: --text, --text-from-data or "
+                             "--frames-from-data")
+        out["guidance_scale"] = args.guidance_scale
+    if ("text" in out or "frames" in out) and getattr(prior, "conditioning", None) is None:
+        raise ValueError(f"prior {args.prior} has no conditioning encoders: it takes no --text or frames")
+    return out
+
+
+def _rows(conditions: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
+    """The conditions of instances ``lo:hi`` (a single caption applies to all)."""
+    out = dict(conditions)
+    if isinstance(out.get("text"), list):
+        out["text"] = out["text"][lo:hi]
+    if "frames" in out:
+        out["frames"] = {n: v[lo:hi] for n, v in out["frames"].items()}
+    return out
+
+
+def _to_cpu(posterior):
+    from .tasks import Posterior
+
+    move = (lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+    return Posterior({k: move(v) for k, v in posterior.samples.items()},
+                     {k: move(v) for k, v in posterior.diagnostics.items()})
+
+
+def _sample_conditioned(prior, observations, sampling, conditions: dict[str, Any], *, keys, batch: int, truth,
+                        noise_std, progress: bool, state):
+    """:func:`~.sampling.sample_batches` with text / frames / guidance bound per batch (same seeds)."""
+    from .observations import Observations
+    from .sampling import concat_posteriors, map_batches, seeded_generator
+    from .tasks import reconstruct
+
+    n = observations.batch_size
+    keys = list(range(n)) if keys is None else [int(k) for k in keys]
+
+    def run(lo: int, hi: int):
+        part = Observations(observations.operator, observations.values[lo:hi])
+        cond = None
+        if prior.cond_fields:
+            if truth is None:
+                raise ValueError(f"the prior is conditioned on {list(prior.cond_fields)}: give --data")
+            cond = {name: truth[name][lo:hi] for name in prior.cond_fields}
+        try:
+            post = reconstruct(prior, part, method=sampling.method, solver=sampling.solver_name, steps=sampling.steps,
+                               n_samples=sampling.samples, schedule=sampling.schedule, cond=cond, noise_std=noise_std,
+                               generator=seeded_generator(sampling.seed, "sampling", keys[lo]),
+                               method_options=dict(sampling.method_options),
+                               solver_options=dict(sampling.solver_options),
+                               progress=progress and state.is_main_process, **_rows(conditions, lo, hi))
+        except FloatingPointError as e:
+            raise ValueError(f"sampling diverged ({e}); try more steps, another method or a larger noise std") from None
+        return _to_cpu(post)
+
+    return concat_posteriors(map_batches(run, n, batch, state=state, progress=progress and n > batch, desc="batches"))
+
+
+def _write_generated(path: str, posterior, truth: dict | None, consistency: dict | None, attrs: dict[str, Any]) -> None:
+    """Samples ``[B, K, *grid]``, their mean and std, the truth and the consistency errors, written to a
+    temporary name and renamed."""
+    import h5py
+    import numpy as np
+
+    tmp = f"{path}.tmp"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "diffpde.generated"
+            f.attrs["format_version"] = 1
+            for key, value in attrs.items():
+                f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+            mean, std = posterior.mean, posterior.std
+            for name, s in posterior.samples.items():
+                f.create_dataset(f"samples/{name}", data=s.numpy().astype(np.float32), compression="gzip")
+                f.create_dataset(f"mean/{name}", data=mean[name].numpy())
+                f.create_dataset(f"std/{name}", data=std[name].numpy())
+                if truth is not None and name in truth:
+                    f.create_dataset(f"truth/{name}", data=torch.as_tensor(truth[name]).numpy())
+            for key, value in (consistency or {}).items():
+                f.create_dataset(f"consistency/{key}", data=torch.as_tensor(value).numpy())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """``diffpde sample`` without observations: trajectories from --text / --frames-from-data alone."""
+    from .consistency import generate, physical_consistency, trajectory_field
+    from .evaluation import METRIC_LABELS, load_instances, problem_of
+    from .metrics import evaluate
+    from .sampling import concat_posteriors, map_batches, seeded_generator
+
+    if args.text is None and args.text_from_data is None and not args.frames_from_data:
+        raise ValueError("give observations (--observe SPEC with --data, or --observations FILE), or conditions to "
+                         "generate from (--text, --text-from-data, --frames-from-data)")
+    if args.plot:
+        raise ValueError("--plot draws observations: it needs --observe or --observations")
+    unused = [flag for flag, given in (("--method-option", args.method_option),
+                                       ("--noise-std", args.noise_std is not None)) if given]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} only apply to sampling from observations")
+    _check_arguments(args, "out")
+    state, device = process_state(args.device)
+    prior = load_prior(args.prior, device)
+    problem = problem_of(prior)
+    if args.data:
+        indices = parse_indices(args.index or "0")
+        truth = load_instances(args.data, prior, indices)
+    elif args.index is not None:
+        raise ValueError("--index selects instances of --data: give --data TEST.h5 as well")
+    else:
+        indices, truth = [], None
+    conditions = _conditions(args, prior, indices, truth)
+    n = len(indices) or 1
+    keys = indices or [0]
+    solver = args.solver or "dpmpp_2m"
+    from ..options import parse_key_values
+
+    solver_options = parse_key_values(args.solver_option, "--solver-option")
+
+    def run(lo: int, hi: int):
+        rows = _rows(conditions, lo, hi)
+        if isinstance(rows.get("text"), str):
+            rows["text"] = [rows["text"]] * (hi - lo)
+        return _to_cpu(generate(prior, text=rows.get("text"), frames=rows.get("frames"), n_samples=args.samples,
+                                solver=solver, steps=args.steps, schedule=args.schedule,
+                                guidance_scale=rows.get("guidance_scale"),
+                                generator=seeded_generator(args.seed, "sampling", keys[lo]),
+                                solver_options=solver_options))
+
+    posterior = concat_posteriors(map_batches(run, n, args.batch, state=state, desc="batches",
+                                              progress=not args.quiet and n > args.batch))
+    if not state.is_main_process:
+        return 0
+    metrics = None
+    if truth is not None:
+        metrics = evaluate(posterior.samples, {name: truth[name] for name in prior.fields})
+    consistency = None
+    traj = None
+    if problem is not None:
+        try:
+            traj, _ = trajectory_field(problem)
+        except ValueError:
+            traj = None
+    k = posterior.num_samples
+    if traj is not None and traj in posterior.samples:
+        text = conditions.get("text")
+        texts = None if text is None else [t for t in ([text] * n if isinstance(text, str) else text) for _ in range(k)]
+        checked = physical_consistency(problem, {traj: posterior.samples[traj]}, texts=texts)
+        consistency = {"rel_l2": checked["rel_l2"].reshape(n, k)}
+    d = posterior.diagnostics
+    given = " and ".join(w for w, c in (("text", "text" in conditions), ("frames", "frames" in conditions)) if c)
+    grid = "x".join(map(str, prior.grid_shape))
+    where = f"{problem.name} {grid}" if problem is not None else grid
+    scale = conditions.get("guidance_scale")
+    print(f"prior {args.prior} ({where}; fields {', '.join(prior.fields)}); generated from {given}"
+          f"{f', guidance scale {scale:g}' if scale is not None else ''}; solver {d['solver']}, {d['steps']} steps, "
+          f"K={k}")
+    for b in range(n):
+        label = f"instance {indices[b]}" if indices else "caption"
+        parts = []
+        for name, m in (metrics or {}).items():
+            parts.append(f"{name}: " + ", ".join(f"{METRIC_LABELS[key]} {_fmt(float(m[key][b]))}"
+                                                 for key in ("rel_l2", "crps") if key in m))
+        if consistency is not None:
+            value = float(consistency["rel_l2"][b].mean())
+            parts.append(f"physical consistency (rel. L2 to the re-simulation) {_fmt(value)}")
+        print(f"{label}: " + "; ".join(parts) if parts else label)
+    print(f"NFE {d.get('nfe')}, wall time {d['wall_time']:.3g} s ({d['wall_time'] / (n * k):.3g} s per sample)")
+    if args.out:
+        text = conditions.get("text")
+        attrs = {"prior": str(args.prior), "data": str(args.data or ""), "indices": indices, "solver": d["solver"],
+                 "steps": int(d["steps"]), "schedule": args.schedule, "n_samples": k, "seed": args.seed,
+                 "batch": args.batch, "text": text if text is not None else "",
+                 "frames_from_data": int(bool(args.frames_from_data)),
+                 "guidance_scale": scale if scale is not None else "", "nfe": d.get("nfe") or 0,
+                 "wall_time": float(d["wall_time"])}
+        _write_generated(args.out, posterior, truth, consistency, attrs)
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -138,6 +138,9 @@ def reconstruct(
     solver_options: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    text: str | Sequence[str] | None = None,
+    frames: Mapping[str, Tensor] | Tensor | None = None,
+    guidance_scale: float | None = None,
 ) -> Posterior:
     """Sample ``p(fields | observations)`` for every observed instance.
 
@@ -165,6 +168,11 @@ def reconstruct(
                       their keyword arguments (an unknown key or a value of the wrong type is a
                       ``ValueError`` naming it).
         progress:     show a progress bar with one tick per solver step.
+        text, frames, guidance_scale: conditions of a prior with conditioning encoders, bound into
+                      its denoiser (``prior.denoiser(text=..., frames=..., guidance_scale=...)``): a
+                      caption (for all) or one per instance, physical frames ``{field: [B or 1,
+                      *frame]}`` (e.g. ``prior.frames_of(truth)``), and the classifier-free guidance
+                      scale; they compose with every method (the guidance wraps the guided denoiser).
     """
     op = observations.operator
     b, k = observations.batch_size, int(n_samples)
@@ -191,7 +199,8 @@ def reconstruct(
         if grid is not None:
             sigmas = grid
 
-    denoise = prior.denoiser(cond, params)
+    conditions = _conditions(text, frames, guidance_scale, b, k)
+    denoise = prior.denoiser(cond, params, **conditions)
     cond_fields = {}
     if getattr(prior, "cond_fields", ()):
         cond_fields = {name: _repeat(torch.as_tensor(cond[name]).to(device, dtype).expand(b, *prior.grid_shape), k)
@@ -252,6 +261,33 @@ def reconstruct(
 
 
 _SET_BY_RECONSTRUCT = ("hooks", "generator", "callback", "stats")
+
+
+def _conditions(text: str | Sequence[str] | None, frames: Mapping[str, Tensor] | Tensor | None,
+                guidance_scale: float | None, b: int, k: int) -> dict[str, Any]:
+    """The keyword conditions of ``prior.denoiser`` for ``b`` instances x ``k`` samples (each instance's
+    caption and frames repeated ``k`` times); empty when none is given (priors without encoders)."""
+    out: dict[str, Any] = {}
+    if text is not None:
+        texts = [text] if isinstance(text, str) else list(text)
+        if len(texts) not in (1, b):
+            raise ValueError(f"text: {len(texts)} captions for {b} observed instances (1 applies to all)")
+        out["text"] = texts if len(texts) == 1 else [t for t in texts for _ in range(k)]
+    if frames is not None:
+        def rows(v: Tensor) -> Tensor:
+            v = torch.as_tensor(v)
+            if v.ndim == 0 or v.shape[0] not in (1, b):
+                raise ValueError(f"frames: batch {tuple(v.shape)[:1]} for {b} observed instances "
+                                 "(give [B or 1, *frame])")
+            return v if v.shape[0] == 1 else _repeat(v, k)
+
+        if isinstance(frames, Mapping):
+            out["frames"] = {n: rows(v) for n, v in frames.items()}
+        else:
+            out["frames"] = rows(frames)
+    if guidance_scale is not None:
+        out["guidance_scale"] = guidance_scale
+    return out
 
 
 def _typed_defaults(fn: Callable) -> dict[str, Any]:
