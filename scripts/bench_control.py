@@ -4,7 +4,7 @@
         --n 8 --nfe 10 20 50 --json control.json --markdown control.md --figure control.png
 
 On the first ``--n`` instances of ``--data`` (initial state ``u[0]``, target ``u[-1]``, the dataset's
-own forcing scored as the reference), for every ``--guidance MODE[:SCALE]`` and ``--nfe``: K
+own forcing scored as the reference), for every ``--guidance MODE[:SCALE[:OBJECTIVE]]`` and ``--nfe``: K
 forcings per instance, each re-simulated with the classical solver (J_actual beside J_generated),
 against no control and the adjoint optimum (L-BFGS through the differentiable solver). Prints a
 markdown table (also ``--markdown``), writes the full result (``--json``) and a figure of target
@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=8, help="instances: the first N of --data (8)")
     p.add_argument("--first", type=int, default=0, help="index of the first instance (0)")
     p.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50])
-    p.add_argument("--guidance", nargs="+", default=["decoder", "network", "covariance"], metavar="MODE[:SCALE]")
+    p.add_argument("--guidance", nargs="+", default=["decoder", "network", "covariance", "decoder:100:simulated"],
+                   metavar="MODE[:SCALE[:OBJECTIVE]]")
     p.add_argument("--schedule", default="sigma")
     p.add_argument("--objective", default="generated", choices=("generated", "simulated"))
     p.add_argument("--initial", default="project", choices=("project", "guide", "none"))

@@ -19,11 +19,12 @@ Three ways to get ``f``, run on the same instances by :func:`evaluate_control`:
   any ``samplers`` solver. The gradient is taken (``Guidance.mode``)
   ``"decoder"``: through the decoder only, at ``z0_hat`` detached from the network (WDNO's way:
   ``z0_hat - w(sigma) dJ(decode(z0_hat)) / dz0_hat``);
-  ``"network"``: through the network too (DPS, :class:`samplers.guidance.DPSGuidance`);
+  ``"network"``: through the network too (DPS, as :class:`samplers.guidance.DPSGuidance`);
   ``"covariance"``: with Tweedie's covariance and conjugate gradients
   (:class:`samplers.covariance.CovarianceGuidance`; ``J`` is a sum of squares of affine maps of
   the generated fields, virtual observations of variance ``1 / (2 scale)``).
-  The initial state is imposed on every denoiser output (``initial="project"``: ``s[0] := s0``
+  A trust region bounds each correction (``max_rms``, in the prior's normalised frame), as WDNO
+  clamps ``x0_hat``. The initial state is imposed on every denoiser output (``initial="project"``: ``s[0] := s0``
   in physical space, re-encoded; any linear representation) or by a penalty in the loss
   (``"guide"``). With ``objective="simulated"`` the loss is ``J`` of re-simulating the generated
   forcing instead (one solve and its adjoint per denoiser call).
@@ -41,10 +42,10 @@ adds the gradient of ``J`` with respect to the detached ``x0_hat``, taken throug
 wavelet transform, to the predicted noise, ``eps + grad`` (``x0_hat - sigma grad`` in the VE
 frame: ``schedule="sigma"`` here), times a further hand-tuned factor per DDPM step (its "cosine"
 ``J_scheduler``), with ``u0`` and the target overwritten as conditions of a model trained
-conditionally on them; its ``J`` sums ``f^2`` over the grid (here grid means); it evaluates the
-DDPM/DDIM sampler only and compares with no classical optimum. Here any solver, any
-representation, three gradients, a joint prior over ``(f, u)`` only (``u0`` imposed at sampling,
-the target through ``J`` alone), and the adjoint optimum as reference.
+conditionally on them; its ``J`` sums ``f^2`` over the grid (here grid means); its evaluation
+script scores its DDPM/DDIM samples against the solver, with no optimisation baseline. Here any
+solver, any representation, three gradients, a joint prior over ``(f, u)`` only (``u0`` imposed
+at sampling, the target through ``J`` alone), and the adjoint optimum as the reference.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ Tensor = torch.Tensor
 
 __all__ = ["ControlProblem", "ControlOutcome", "ControlSamples", "Guidance", "control_problem", "sample_instances",
            "no_control", "resimulate", "adjoint_control", "guided_control", "evaluate_control", "gaussian_surrogate",
-           "GradientGuidance", "IsotropicGuidance", "WEIGHT_SCHEDULES", "GUIDANCE_MODES"]
+           "GradientGuidance", "WEIGHT_SCHEDULES", "GUIDANCE_MODES"]
 
 #: families with a control task: (control field, state trajectory field, initial-state field)
 CONTROLLED = {"burgers_dirichlet": ("f", "u", "u0"), "navier_stokes": ("f", "w", "w0")}
@@ -130,7 +131,8 @@ class ControlProblem:
         return tracking, effort
 
     def cost(self, final: Tensor, control: Tensor, target: Tensor) -> Tensor:
-        """``J = tracking + lam * effort`` ``[B]`` of a final state ``[B, *space]`` and a forcing ``[B, nt, *space]``."""
+        """``J = tracking + lam * effort`` ``[B]`` of a final state ``[B, *space]`` and a forcing
+        ``[B, nt, *space]``."""
         tracking, effort = self.terms(final, control, target)
         return tracking + self.lam * effort.to(tracking)
 
@@ -267,8 +269,8 @@ def adjoint_control(cp: ControlProblem, initial: Tensor, target: Tensor, *, max_
         evaluations[0] += 1
         return loss
 
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=1, max_eval=26, history_size=history, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=0.0)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=1, max_eval=26, history_size=history,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=0.0)
     history_j, previous, iterations = [], None, 0
     for iterations in range(1, max_iter + 1):
         opt.step(closure)
@@ -298,9 +300,9 @@ WEIGHT_SCHEDULES: dict[str, Callable[[Tensor], Tensor]] = {
     "sigma2": lambda sigma: sigma**2,
     "constant": lambda sigma: torch.ones_like(sigma),
 }
-GUIDANCE_MODES = ("decoder", "isotropic", "network", "covariance", "none")
+GUIDANCE_MODES = ("decoder", "network", "covariance", "none")
 #: default ``Guidance.scale`` per mode, in the units of ``J`` (grid means of squares, physical units)
-DEFAULT_SCALES = {"decoder": 10.0, "isotropic": 1e4, "network": 10.0, "covariance": 1e4, "none": 0.0}
+DEFAULT_SCALES = {"decoder": 10.0, "network": 10.0, "covariance": 1e3, "none": 0.0}
 
 
 @dataclass
@@ -309,9 +311,9 @@ class Guidance:
 
     mode:      ``decoder`` (WDNO), ``network`` (DPS), ``covariance`` or ``none`` (unguided prior samples).
     scale:     strength (default :data:`DEFAULT_SCALES` of the mode); the denoiser output moves by
-               ``scale * w(sigma) * grad J`` (decoder, network); covariance and isotropic guidance
-               condition on ``J`` as virtual observations of variance ``1/(2 scale)`` (the prior
-               tilted by ``exp(-scale J)``).
+               ``scale * w(sigma) * grad J`` (decoder, network); covariance guidance conditions on
+               ``J`` as virtual observations of variance ``1/(2 scale)`` (the prior tilted by
+               ``exp(-scale J)``).
     schedule:  ``w(sigma)`` of :data:`WEIGHT_SCHEDULES` (decoder and network).
     objective: ``generated`` (``J`` of the sample's own state) or ``simulated`` (``J`` of solving the
                sample's forcing from the initial state; decoder and network only).
@@ -341,10 +343,11 @@ class Guidance:
             self.scale = DEFAULT_SCALES[self.mode]
         for name in ("scale", "initial_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
                 raise ValueError(f"guidance {name} must be a finite number >= 0, got {value!r}")
-        if self.mode in ("covariance", "isotropic") and self.objective == "simulated":
-            raise ValueError(f"{self.mode} guidance linearises J of the generated fields: use objective 'generated'")
+        if self.mode == "covariance" and self.objective == "simulated":
+            raise ValueError("covariance guidance linearises J of the generated fields: use objective 'generated'")
         if self.mode == "covariance" and not self.scale > 0:
             raise ValueError("covariance guidance needs scale > 0 (the virtual observations' variance is 1/(2 scale))")
 
@@ -409,66 +412,6 @@ class GradientGuidance:
         return (z0 - step).detach()
 
 
-class IsotropicGuidance:
-    """``D'(z, sigma) = argmin_x |x - z0|^2 / (2 v) + scale |r(x)|^2`` at ``z0 = D(z, sigma)`` (detached).
-
-    The posterior mean of ``x0`` when ``x0 | z ~ N(z0, v I)``, with the isotropic Tweedie variance
-    ``v = sigma^2 prior_var / (sigma^2 + prior_var)`` of a Gaussian prior (PiGDM's), is tilted by
-    ``exp(-scale |r|^2)``: for ``r`` affine in ``x`` (``J`` of the generated fields under a linear
-    decoder) one Gauss-Newton step, ``(I + 2 v scale A^T A) delta = -2 v scale A^T r(z0)``, solved
-    by conjugate gradients with ``A`` applied through the decoder (``torch.func`` jvp/vjp): like WDNO's
-    guidance, no backward pass through the network; unlike a gradient step it cannot overshoot,
-    whatever the scale (a large scale imposes ``r ~ 0`` with the smallest change of ``z0``).
-    Counters: ``calls``, ``vjp_count`` (decoder products), ``clipped`` (always 0).
-    """
-
-    def __init__(self, denoiser: Callable[[Tensor, Tensor], Tensor], residual: Callable[[Tensor], Tensor],
-                 scale: float, *, prior_var: float = 1.0, cg_iters: int = 8, cg_tol: float = 1e-6) -> None:
-        self.denoiser, self.residual = denoiser, residual
-        self.scale, self.prior_var, self.cg_iters, self.cg_tol = float(scale), float(prior_var), int(cg_iters), cg_tol
-        self.calls = self.vjp_count = self.clipped = 0
-
-    def __call__(self, z: Tensor, sigma: Tensor) -> Tensor:
-        self.calls += 1
-        with torch.no_grad():
-            z0 = self.denoiser(z, sigma)
-        shape = (-1, *(1,) * (z0.ndim - 1))
-        s2 = sigma.to(z0).reshape(shape) ** 2
-        gain = 2 * self.scale * s2 * self.prior_var / (s2 + self.prior_var)       # 2 v scale, [B, 1, ...]
-        with torch.enable_grad():
-            r0, pullback = torch.func.vjp(self.residual, z0)
-
-        def normal(delta: Tensor) -> Tensor:             # (I + 2 v scale A^T A) delta
-            _, a_delta = torch.func.jvp(self.residual, (z0,), (delta,))
-            self.vjp_count += 1
-            return delta + gain * pullback(a_delta)[0]
-
-        rhs = -gain * pullback(r0.detach())[0]
-        return (z0 + _cg(normal, rhs, self.cg_iters, self.cg_tol)).detach()
-
-
-def _cg(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float) -> Tensor:
-    """Conjugate gradients for ``M x = b``, one system per sample (``M`` symmetric positive definite)."""
-    def dot(u: Tensor, v: Tensor) -> Tensor:
-        return (u * v).flatten(1).sum(1).reshape(-1, *(1,) * (b.ndim - 1))
-
-    x = torch.zeros_like(b)
-    r, p = b.clone(), b.clone()
-    rr = dot(r, r)
-    stop = tol**2 * rr
-    for _ in range(iters):
-        if bool((rr <= stop).all()):
-            break
-        mp = matvec(p)
-        alpha = rr / dot(p, mp).clamp_min(torch.finfo(b.dtype).tiny)
-        alpha = torch.where(rr > stop, alpha, torch.zeros_like(alpha))
-        x, r = x + alpha * p, r - alpha * mp
-        rr_new = dot(r, r)
-        p = r + rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny) * p
-        rr = rr_new
-    return x
-
-
 class _Projected:
     """A denoiser whose outputs get ``project`` applied (the initial state imposed)."""
 
@@ -489,9 +432,11 @@ def _check_prior(prior: Any, cp: ControlProblem) -> None:
         raise ValueError(f"the prior generates {list(prior.fields)}; control needs the forcing {cp.control!r} and "
                          f"the state trajectory {cp.state!r} (missing {missing})")
     if getattr(prior, "cond_fields", ()):
-        raise ValueError(f"control needs a joint (unconditional) prior; this one is conditioned on {list(prior.cond_fields)}")
+        raise ValueError(f"control needs a joint (unconditional) prior; this one is conditioned on "
+                         f"{list(prior.cond_fields)}")
     if tuple(prior.grid_shape) != cp.shape:
-        raise ValueError(f"the prior's grid {list(prior.grid_shape)} differs from the problem's trajectories {list(cp.shape)}")
+        raise ValueError(f"the prior's grid {list(prior.grid_shape)} differs from the problem's trajectories "
+                         f"{list(cp.shape)}")
 
 
 def _guided_denoiser(prior: Any, cp: ControlProblem, guidance: Guidance, initial: Tensor, target: Tensor,
@@ -509,7 +454,8 @@ def _guided_denoiser(prior: Any, cp: ControlProblem, guidance: Guidance, initial
         else:
             value = cp.cost(fields[cp.state][:, -1], f, target)
         if guidance.initial == "guide":
-            value = value + guidance.initial_weight * cp.active(fields[cp.state][:, 0] - initial.to(f)).pow(2).flatten(1).mean(1)
+            miss = cp.active(fields[cp.state][:, 0] - initial.to(f))
+            value = value + guidance.initial_weight * miss.pow(2).flatten(1).mean(1)
         return value.to(z0.dtype)
 
     def residual(z0: Tensor) -> Tensor:
@@ -530,10 +476,6 @@ def _guided_denoiser(prior: Any, cp: ControlProblem, guidance: Guidance, initial
             return scale * fn(sigma)
 
         guide = GradientGuidance(denoise, loss, weight, through_network=mode == "network", max_rms=guidance.max_rms)
-        inner = guide
-    elif mode == "isotropic":
-        prior_var = float(getattr(prior, "sigma_data", 1.0)) ** 2
-        guide = IsotropicGuidance(denoise, residual, guidance.scale, prior_var=prior_var, cg_iters=guidance.cg_iters)
         inner = guide
     elif mode == "covariance":
         with torch.no_grad():
@@ -625,7 +567,8 @@ def guided_control(prior: Any, cp: ControlProblem, initial: Tensor, target: Tens
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sigmas.numel() - 1, desc=f"control ({guidance.describe()}, {solver})", unit="step", leave=False)
+        bar = tqdm(total=sigmas.numel() - 1, desc=f"control ({guidance.describe()}, {solver})", unit="step",
+                   leave=False)
         callback = lambda info: bar.update(1)  # noqa: E731
     was_training = prior.training
     prior.eval()
@@ -660,7 +603,8 @@ def guided_control(prior: Any, cp: ControlProblem, initial: Tensor, target: Tens
         info["clipped"] = guide.clipped
     if isinstance(guide, CovarianceGuidance):
         info["cg_fallbacks"] = guide.fallbacks
-    return ControlSamples(split(control), split(state), split(cost_generated), actual, split(rel), split(rel_final), info)
+    return ControlSamples(split(control), split(state), split(cost_generated), actual, split(rel), split(rel_final),
+                          info)
 
 
 # -- evaluation on a set of instances ---------------------------------------------------------------

@@ -13,8 +13,9 @@ dynamics only to second order), for problems without a trained prior. Instances:
 target the final state ``u[-1]`` and the dataset's own forcing is scored as the reference. Without
 ``--data`` it is a number of fresh instances drawn from the family (seeded by ``--seed``).
 
-For every guidance (``--guidance MODE[:SCALE]``, repeatable: ``decoder``, ``network``,
-``covariance``, ``none``) and every ``--nfe``, each instance gets ``--samples`` forcings; each is
+For every guidance (``--guidance MODE[:SCALE[:OBJECTIVE]]``, several: ``decoder``, ``network``,
+``covariance``, ``none``; ``decoder:100:simulated`` guides by ``J`` of re-simulating the generated
+forcing) and every ``--nfe``, each instance gets ``--samples`` forcings; each is
 re-simulated with the classical solver. The JSON holds J_generated, J_actual (mean, median, best
 of K by J_generated), the relative L2 of the generated against the re-simulated trajectory, the
 costs of no control, the reference and the adjoint optimum (L-BFGS through the solver, stopped
@@ -43,15 +44,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--resolution", type=int, default=None, help="'gaussian' without --data: the grid resolution")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="'gaussian' without --data: a family parameter (repeatable)")
-    p.add_argument("--fit-samples", type=int, default=2000, metavar="N", help="'gaussian': solver samples fitted (2000)")
-    p.add_argument("--data", default=None, metavar="H5", help="dataset of trajectories (initial state, target, reference forcing)")
+    p.add_argument("--fit-samples", type=int, default=2000, metavar="N",
+                   help="'gaussian': solver samples fitted (2000)")
+    p.add_argument("--data", default=None, metavar="H5",
+                   help="dataset of trajectories (initial state, target, reference forcing)")
     p.add_argument("--instances", default="0-3", metavar="SPEC",
                    help="with --data: indices (0-7, 0,3); without: a number of fresh instances (default 0-3 / 4)")
     p.add_argument("--lam", type=float, default=None, help="weight of the control cost (default: the family's, 0.01)")
     p.add_argument("--bound", type=float, default=None, help="bound of the applied forcing |f| (default none)")
-    p.add_argument("--guidance", nargs="+", default=["decoder"], metavar="MODE[:SCALE]",
-                   help="guidance runs: decoder (WDNO), network (DPS), covariance, none; default decoder")
-    p.add_argument("--schedule", default="sigma", help="w(sigma) of decoder/network guidance: sigma (WDNO), sigma2, constant")
+    p.add_argument("--guidance", nargs="+", default=["decoder"], metavar="MODE[:SCALE[:OBJECTIVE]]",
+                   help="guidance runs: decoder (WDNO), network (DPS), covariance, none, each with an optional "
+                        "scale and objective (generated, simulated); default decoder")
+    p.add_argument("--schedule", default="sigma",
+                   help="w(sigma) of decoder/network guidance: sigma (WDNO), sigma2, constant")
     p.add_argument("--objective", default="generated", choices=("generated", "simulated"),
                    help="J of the generated trajectory (default) or of re-simulating the generated forcing")
     p.add_argument("--initial", default="project", choices=("project", "guide", "none"),
@@ -64,8 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--samples", type=int, default=4, metavar="K", help="forcings per instance (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (and of fresh instances)")
     p.add_argument("--adjoint-iters", type=int, default=100, help="adjoint baseline: L-BFGS iterations at most (100)")
-    p.add_argument("--adjoint-tol", type=float, default=1e-5, help="adjoint baseline: stop when an iteration gains less "
-                   "than this fraction of the no-control cost (1e-5)")
+    p.add_argument("--adjoint-tol", type=float, default=1e-5,
+                   help="adjoint baseline: stop when an iteration gains less than this fraction of the no-control "
+                        "cost (1e-5)")
     p.add_argument("--no-adjoint", action="store_true", help="skip the adjoint baseline")
     p.add_argument("--json", default=None, metavar="OUT", help="write the results here")
     p.add_argument("--device", default=None, help="torch device of the prior (default cpu)")
@@ -74,21 +80,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def parse_guidances(items: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """``["decoder", "covariance:1e4"]`` -> ``{name: Guidance}`` with the shared options of ``args``."""
+    """``["decoder", "covariance:1e4", "decoder:100:simulated"]`` -> ``{item: Guidance}``: a mode, an
+    optional scale and an optional objective, the other options shared (from ``args``)."""
     from .control import Guidance
 
     out = {}
     for item in items:
-        mode, sep, scale = item.partition(":")
-        options: dict[str, Any] = {"mode": mode, "schedule": args.schedule, "objective": args.objective,
+        parts = item.split(":")
+        options: dict[str, Any] = {"mode": parts[0], "schedule": args.schedule, "objective": args.objective,
                                    "initial": args.initial, "cg_iters": args.cg_iters,
                                    "max_rms": args.max_rms if args.max_rms > 0 else None}
-        if sep:
-            try:
-                options["scale"] = float(scale)
-            except ValueError:
-                raise ValueError(f"--guidance {item!r}: expected MODE or MODE:SCALE, e.g. decoder:1000") from None
-        if mode == "covariance" and options["objective"] == "simulated":
+        try:
+            if len(parts) > 3:
+                raise ValueError
+            if len(parts) > 1 and parts[1]:
+                options["scale"] = float(parts[1])
+        except ValueError:
+            raise ValueError(f"--guidance {item!r}: expected MODE, MODE:SCALE or MODE:SCALE:OBJECTIVE, "
+                             "e.g. decoder:10 or decoder:100:simulated") from None
+        if len(parts) == 3:
+            options["objective"] = parts[2]
+        elif options["mode"] == "covariance":
             options["objective"] = "generated"
         out[item] = Guidance(**options)
     return out
@@ -171,8 +183,9 @@ def format_results(result: dict[str, Any]) -> str:
         lines.append(f"{name + extra:44s} {'':>4s} {'':>12s} {b['J']['mean']:10.4g} {'':>10s} {'':>7s} "
                      f"{b['time_per_instance']:10.3g}")
     for r in result["guided"]:
-        lines.append(f"{r['name'][:44]:44s} {r['nfe']:4d} {r['J_generated']['mean']:12.4g} {r['J_actual']['mean']:10.4g} "
-                     f"{r['J_actual_best_of_k']['mean']:10.4g} {r['rel_l2']['mean']:7.3f} {r['time_per_instance']:10.3g}")
+        lines.append(f"{r['name'][:44]:44s} {r['nfe']:4d} {r['J_generated']['mean']:12.4g} "
+                     f"{r['J_actual']['mean']:10.4g} {r['J_actual_best_of_k']['mean']:10.4g} "
+                     f"{r['rel_l2']['mean']:7.3f} {r['time_per_instance']:10.3g}")
     return "\n".join(lines)
 
 

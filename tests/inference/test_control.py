@@ -261,15 +261,17 @@ def test_control_command_end_to_end(tiny_burgers_prior, tmp_path, capsys):
 
 def test_control_command_gaussian_prior_on_fresh_instances(capsys):
     assert _run("gaussian", "--problem", "navier_stokes", "--resolution", "8", "--param", "store=trajectory",
-                "--param", "nt=3", "--param", "T=0.25", "--param", "forcing=0.0", "--bound", "2", "--fit-samples", "100",
-                "--instances", "2", "--nfe", "2", "--samples", "1", "--no-adjoint", "--guidance", "none", "--quiet") == 0
+                "--param", "nt=3", "--param", "T=0.25", "--param", "forcing=0.0", "--bound", "2",
+                "--fit-samples", "100", "--instances", "2", "--nfe", "2", "--samples", "1", "--no-adjoint",
+                "--guidance", "none", "--quiet") == 0
     printed = capsys.readouterr().out
     assert "no control" in printed and "\nnone " in printed
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--instances", "two"], "without --data, give a number"),
-    (["--guidance", "decoder:big"], "expected MODE or MODE:SCALE"),
+    (["--guidance", "decoder:big"], "expected MODE, MODE:SCALE or MODE:SCALE:OBJECTIVE"),
+    (["--guidance", "covariance:10:simulated"], "use objective 'generated'"),
     (["--problem", "darcy"], "was trained on burgers_dirichlet"),
     (["--nfe", "0"], "--nfe must be >= 1"),
 ])
@@ -287,9 +289,10 @@ def test_bench_control_writes_table_json_and_figure(tiny_burgers_prior, tmp_path
     data, prior = tiny_burgers_prior
     out, md, fig = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
     assert bench.main(["--prior", prior, "--data", data, "--n", "2", "--nfe", "2", "3", "--samples", "2",
-                       "--guidance", "decoder", "none", "--adjoint-iters", "2", "--json", str(out), "--markdown", str(md),
-                       "--figure", str(fig)]) == 0
+                       "--guidance", "decoder", "none", "--adjoint-iters", "2", "--json", str(out),
+                       "--markdown", str(md), "--figure", str(fig)]) == 0
     table = md.read_text()
-    assert "| adjoint optimum (L-BFGS" in table and "| no control (f = 0) |" in table and table.count("\n| ") == 8   # separator, 3 baselines, 4 runs
+    assert "| adjoint optimum (L-BFGS" in table and "| no control (f = 0) |" in table
+    assert table.count("\n| ") == 8            # the separator, 3 baselines, 4 runs
     result = json.loads(out.read_text())
     assert len(result["guided"]) == 4 and fig.stat().st_size > 0 and "_samples" not in result
