@@ -31,7 +31,8 @@ class FieldDataset(Dataset):
 
     path:        a complete dataset file (:mod:`diffpde.data.hdf5`).
     fields:      the fields stacked as channels, in order (default: all fields of the file); they
-                 must share one shape.
+                 must share one shape, except that a field on fewer axes (an initial condition ``u0``
+                 over ``x`` beside trajectories over ``(t, x)``) is repeated along the axes it lacks.
     normalize:   apply ``(x - mean) / std`` with each field's statistics stored in the file (over
                  all samples and grid points); :meth:`denormalize` inverts it.
     indices:     the samples to use (default: all), e.g. a train/test split.
@@ -66,11 +67,23 @@ class FieldDataset(Dataset):
             raise KeyError(f"{self.path} ({self.info.problem}): no field(s) {missing}; fields in the file: "
                            f"{', '.join(self.info.field_names)}")
         shapes = {n: self.info.field(n).shape for n in names}
-        if len(set(shapes.values())) > 1:
-            raise ValueError(f"{self.path} ({self.info.problem}): fields of different shapes cannot be stacked as channels: "
-                             + ", ".join(f"{n} {s}" for n, s in shapes.items()))
+        full = max(names, key=lambda n: len(shapes[n]))
+        full_dims = tuple(self.info.field(full).dims)
+        self._expand: dict[str, tuple[int, ...]] = {}   # fields on fewer axes: where their axes sit in full_dims
+        for n in names:
+            dims = tuple(self.info.field(n).dims)
+            if shapes[n] == shapes[full] and dims == full_dims:
+                continue
+            where = tuple(full_dims.index(d) if d in full_dims else -1 for d in dims)
+            ok = (len(dims) < len(full_dims) and -1 not in where and list(where) == sorted(where)
+                  and all(shapes[n][i] == shapes[full][w] for i, w in enumerate(where)))
+            if not ok:
+                raise ValueError(f"{self.path} ({self.info.problem}): fields of different shapes cannot be stacked as "
+                                 "channels: " + ", ".join(f"{m} {shapes[m]} {list(self.info.field(m).dims)}" for m in names))
+            self._expand[n] = where
         self.field_names = names
-        self.field_shape = shapes[names[0]]
+        self.field_shape = shapes[full]
+        self.field_dims = full_dims
         if indices is None:
             self.indices = available
         else:
@@ -162,8 +175,18 @@ class FieldDataset(Dataset):
 
     def _read(self, index: int) -> torch.Tensor:
         group = self._handle()["fields"]
-        x = torch.from_numpy(np.stack([group[n][index] for n in self.field_names]).astype(np.float32))
+        x = torch.from_numpy(np.stack([self._full(n, group[n][index]) for n in self.field_names]).astype(np.float32))
         return self.normalize(x)
+
+    def _full(self, name: str, value: np.ndarray) -> np.ndarray:
+        """``value`` of field ``name`` repeated along the axes it lacks (itself when it has them all)."""
+        where = self._expand.get(name)
+        if where is None:
+            return value
+        shape = [1] * len(self.field_shape)
+        for i, w in enumerate(where):
+            shape[w] = value.shape[i]
+        return np.broadcast_to(value.reshape(shape), self.field_shape)
 
     def __len__(self) -> int:
         return len(self.indices)

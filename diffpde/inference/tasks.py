@@ -405,7 +405,7 @@ def simulate(prior, *, initial: Mapping[str, Tensor] | None = None, given: Mappi
         value = torch.as_tensor(value, dtype=torch.float64)
         if name in cond_names:
             if value.ndim == len(prior.grid_shape):       # [B, *grid without t]: broadcast along time
-                k = _time_axis(prior, name, axis)
+                k = _time_axis(prior, prior.fields[0], axis)
                 value = value.unsqueeze(1 + k).expand(-1, *prior.grid_shape)
             cond[name] = value
             continue

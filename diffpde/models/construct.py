@@ -59,6 +59,7 @@ def prior_from_config(
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     dims: Sequence[str] | None = None,
+    cond_data: Any = None,
 ) -> Prior:
     """A fresh prior from a model section ``{"network", "precond", "representation"}``.
 
@@ -80,9 +81,21 @@ def prior_from_config(
         dims = _field_dims(problem, fields)
     representation.fit((len(fields), *grid_shape), data=data if isinstance(data, Tensor) else None, dims=dims)
     latent = representation.latent_shape((len(fields), *grid_shape))
+    cond_representation = None
+    if cond_fields and representation.kind != "identity":
+        # the conditioning fields go to the latent grid through their own instance of the representation
+        cond_representation = build("representation", representation.config() | {"mean": None, "std": None,
+                                                                                  "grid": None})
+        cond_representation.fit((len(cond_fields), *grid_shape),
+                                data=cond_data if isinstance(cond_data, Tensor) else None, dims=dims)
+        cond_latent = cond_representation.latent_shape((len(cond_fields), *grid_shape))
+        if tuple(cond_latent[1:]) != tuple(latent[1:]):
+            raise ValueError(f"conditioning fields on the {representation.kind} representation have the latent grid "
+                             f"{list(cond_latent[1:])}, the generated fields {list(latent[1:])}")
+    cond_channels = len(cond_fields) if cond_representation is None else cond_latent[0]
     net_cfg = dict(_get(model, "network") or {})
     net_cfg.setdefault("type", "unet1d" if len(latent) == 2 else "unet2d")
-    derived = {"in_channels": latent[0], "out_channels": latent[0], "cond_channels": len(cond_fields),
+    derived = {"in_channels": latent[0], "out_channels": latent[0], "cond_channels": cond_channels,
                "num_params": len(param_names)}
     section = _get(model, "conditioning")
     conditioning = None
@@ -107,7 +120,8 @@ def prior_from_config(
     precond = build("preconditioner", pre_cfg, net=build("network", net_cfg))
     return Prior(precond, fields, grid_shape, cond_fields=cond_fields, param_names=param_names,
                  normalizer=normalizer, representation=representation, problem=problem,
-                 sigma_min=sigma_min, sigma_max=sigma_max, conditioning=conditioning)
+                 sigma_min=sigma_min, sigma_max=sigma_max, conditioning=conditioning,
+                 cond_representation=cond_representation)
 
 
 def conditioning_from_config(section: Mapping[str, Any], net_cfg: dict[str, Any], *, param_names: Sequence[str] = (),
@@ -201,6 +215,9 @@ def prior_from_dataset(
     idx = [names.index(n) for n in fields]
     n = min(len(dataset), max_samples)
     data = torch.stack([dataset[i][idx] for i in range(n)]) if n else None
+    if cond_fields and n:   # what the conditioning fields' own representation measures its statistics on
+        cidx = [names.index(c) for c in cond_fields]
+        kwargs.setdefault("cond_data", torch.stack([dataset[i][cidx] for i in range(n)]))
     info = getattr(dataset, "info", None)
     kwargs.setdefault("problem", getattr(info, "config", None))
     if hasattr(info, "field") and "dims" not in kwargs:

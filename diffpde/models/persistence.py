@@ -139,7 +139,9 @@ def load_prior(name_or_path: str | os.PathLike, device: str | torch.device = "cp
                       param_names=config["param_names"], normalizer=config["normalizer"],
                       representation=build("representation", config["representation"]), problem=config["problem"],
                       sigma_min=config["sigma_min"], sigma_max=config["sigma_max"],
-                      conditioning=config.get("conditioning"))
+                      conditioning=config.get("conditioning"),
+                      cond_representation=(build("representation", config["cond_representation"])
+                                           if config.get("cond_representation") else None))
         if config["problem"] is not None and config["problem"]["name"] in pdes.names():
             prior.problem  # builds the PDE: its parameters are valid and its fields have the prior's grid
     except (ValueError, TypeError, KeyError) as e:

@@ -88,6 +88,7 @@ class Prior(nn.Module):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         conditioning: Conditioning | Mapping[str, Any] | None = None,
+        cond_representation: Representation | None = None,
     ) -> None:
         super().__init__()
         self.fields = tuple(fields)
@@ -103,6 +104,9 @@ class Prior(nn.Module):
             raise ValueError(f"grid_shape must hold positive sizes, got {self.grid_shape}")
         self.precond = precond
         self.representation = representation if representation is not None else Identity()
+        # the conditioning fields enter the network on the latent grid: through their own instance of the
+        # representation (its own statistics) when that is not the identity
+        self.cond_representation = cond_representation if cond_representation is not None else Identity()
         if isinstance(conditioning, Mapping):
             conditioning = Conditioning.from_config(conditioning)
         self.conditioning = conditioning
@@ -142,7 +146,9 @@ class Prior(nn.Module):
             "spatial_dims": (len(latent) - 1, f"grid_shape {list(self.grid_shape)} gives {len(latent) - 1}-D latents"),
             "in_channels": (latent[0], f"{fields} give {latent[0]} latent channel(s)"),
             "out_channels": (latent[0], f"{fields} give {latent[0]} latent channel(s)"),
-            "cond_channels": (len(self.cond_fields), f"the conditioning fields are {list(self.cond_fields)}"),
+            "cond_channels": (self.cond_latent_channels, f"the conditioning fields are {list(self.cond_fields)}"
+                              + ("" if self.cond_representation.kind == "identity" else
+                                 f" on the {self.cond_representation.kind} representation")),
             "num_params": (0 if tokenised else len(self.param_names),
                            f"the scalar parameters are {list(self.param_names)}"
                            + (" (encoded as context tokens)" if tokenised else "")),
@@ -213,10 +219,13 @@ class Prior(nn.Module):
             c = self.problem_config
             problem = pdes.get(c["name"], c["resolution"], **c.get("parameters", {}))
             known = {f.name: tuple(f.shape) for f in problem.fields}
+            full_dims = tuple(problem.field(self.fields[0]).dims) if self.fields[0] in known else ()
             for name in (*self.fields, *self.cond_fields):
                 if name not in known:
                     raise ValueError(f"prior field {name!r} is not a field of the problem {c['name']!r} "
                                      f"(its fields: {list(known)})")
+                if name in self.cond_fields and _repeated_along(problem.field(name), full_dims, self.grid_shape):
+                    continue   # a conditioning field on fewer axes (u0 over x), repeated along the others
                 if known[name] != self.grid_shape:
                     raise ValueError(f"grid_shape {list(self.grid_shape)} differs from the shape "
                                      f"{list(known[name])} of field {name!r} of {c['name']!r} at resolution {c['resolution']}")
@@ -252,6 +261,8 @@ class Prior(nn.Module):
         }
         if self.conditioning is not None:
             out["conditioning"] = self.conditioning.config()
+        if self.cond_fields and self.cond_representation.kind != "identity":
+            out["cond_representation"] = self.cond_representation.config()
         return out
 
     # -- building --------------------------------------------------------------------------------
@@ -324,7 +335,18 @@ class Prior(nn.Module):
         if cond is None:
             raise ValueError(f"this prior needs the conditioning field(s) {list(self.cond_fields)}")
         c = self._stack(cond, self.cond_fields, "cond")
-        return self._cond_norm.normalize(c) if self._cond_norm is not None else c
+        return self.cond_latent(self._cond_norm.normalize(c) if self._cond_norm is not None else c)
+
+    @property
+    def cond_latent_channels(self) -> int:
+        """Channels the conditioning fields take on the network's grid."""
+        if not self.cond_fields:
+            return 0
+        return self.cond_representation.latent_shape((len(self.cond_fields), *self.grid_shape))[0]
+
+    def cond_latent(self, c: Tensor | None) -> Tensor | None:
+        """Normalised conditioning fields ``[B, Cc, *grid]`` -> what the network takes (the latent grid)."""
+        return None if c is None else self.cond_representation.encode(c)
 
     def encode_params(self, params: Mapping[str, Any] | Tensor | Sequence[float] | None) -> Tensor | None:
         """Scalar parameters ``{name: value or [B]}`` or ``[B, P]`` / ``[P]`` -> float32 ``[B, P]``."""
@@ -593,6 +615,16 @@ class Prior(nn.Module):
         """
         return load_prior(name_or_path, device, revision=revision, cache_dir=cache_dir,
                           local_files_only=local_files_only)
+
+
+def _repeated_along(field: Any, full_dims: Sequence[str], grid_shape: Sequence[int]) -> bool:
+    """Whether ``field`` lives on a proper subset of the axes ``full_dims`` (in order, same sizes), so that it
+    is given repeated along the axes it lacks (as :class:`~diffpde.data.dataset.FieldDataset` stacks it)."""
+    dims = tuple(field.dims)
+    if not full_dims or len(dims) >= len(full_dims) or not set(dims) <= set(full_dims):
+        return False
+    where = [list(full_dims).index(d) for d in dims]
+    return where == sorted(where) and all(field.shape[i] == grid_shape[w] for i, w in enumerate(where))
 
 
 def _to_json(value: Any) -> Any:

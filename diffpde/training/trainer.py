@@ -360,7 +360,7 @@ class Trainer:
             batch = augment(batch, t.augment, g, lo, self.micro_batch, problem=self.problem,
                             fields=self.channel_fields, normalizer=self.dataset.normalizer)
         x0 = self.prior.representation.encode(batch[:, :self.n_fields])
-        cond = batch[:, self.n_fields:] if batch.shape[1] > self.n_fields else None
+        cond = self.prior.cond_latent(batch[:, self.n_fields:]) if batch.shape[1] > self.n_fields else None
         # Draws for the whole global micro-batch, so that they do not depend on the number of ranks.
         sigma = self.loss.sample_sigma(self.micro_batch, x0, g)[lo:hi]
         noise = torch.randn((self.micro_batch, *x0.shape[1:]), generator=g)[lo:hi].to(acc.device)
@@ -406,7 +406,8 @@ class Trainer:
         precond, conditioning = (shadow, None) if self.conditioning is None else (shadow.precond, shadow.conditioning)
         return Prior(precond, p.fields, p.grid_shape, cond_fields=p.cond_fields, param_names=p.param_names,
                      normalizer=p.normalizer, representation=p.representation, problem=p.problem_config,
-                     sigma_min=p.sigma_min, sigma_max=p.sigma_max, conditioning=conditioning).eval()
+                     sigma_min=p.sigma_min, sigma_max=p.sigma_max, conditioning=conditioning,
+                     cond_representation=p.cond_representation).eval()
 
     def evaluate(self) -> dict[str, Any] | None:
         """Sample with the EMA prior and compare with the data (main process; others wait)."""

@@ -122,8 +122,11 @@ def test_clear_errors_for_fields_and_incomplete_files(toy_file, tmp_path):
     with pytest.raises(KeyError, match=r"no field\(s\) \['v'\]; fields in the file: a, u"):
         FieldDataset(toy_file, ("a", "v"))
     one_d = generate_dataset("_toy1d", 2, tmp_path / "b.h5", resolution=8, progress=False)
-    with pytest.raises(ValueError, match=r"different shapes .*u0 \(8,\), u \(4, 8\)"):
-        FieldDataset(one_d)
+    # a field on fewer axes is repeated along the ones it lacks (u0 over x beside u over (t, x))
+    both = FieldDataset(one_d, ["u", "u0"], normalize=False)
+    assert both.shape == (2, 4, 8) and both.field_dims == ("t", "x")
+    item = both[1]
+    assert torch.equal(item[1], item[1, :1].expand(4, 8)) and torch.allclose(item[1, 0], item[0, 0])
     assert FieldDataset(one_d, ["u"]).shape == (1, 4, 8)
     # an unfinished file: refused, or its finished samples on request
     partial = partial_path(tmp_path / "c.h5")
