@@ -13,7 +13,9 @@ their captions (``diffpde generate ... --seed 1`` writes them). Three tables:
    Text2PDE's protocol, 1000-step ancestral DDPM (``euler_ancestral`` with eta 1 on the 1000-step
    DDPM grid: Text2PDE's betas, scaled-linear 8.5e-4 .. 1.2e-2, sigma_max 14.6, and diffusers'
    default linear 1e-4 .. 2e-2, sigma_max 157; both the same trained network) on
-   ``--ddpm-n`` instances. The unconditional prior is the reference row (what knowing the frame buys).
+   ``--ddpm-n`` instances. The unconditional prior is the reference row (what knowing the frame buys);
+   ``--unet-prior`` adds an unconditional pixel prior of the same data given the first frame as an
+   observation (``tasks.simulate``: covariance guidance, or projection as WDNO does).
    Also: physical consistency (the relative L2 between each sample and the solver re-run from the
    sample's own first frame, Text2PDE's re-simulation check) and the wall time per sample.
 2. **Text -> trajectory, guidance-scale sweep**: each test instance's caption (phrasing
@@ -43,7 +45,7 @@ SOLVERS = {"dpmpp_2m": 1, "unipc": 1, "heun": 2, "dpmpp_2m_sde": 1, "euler_ances
 #: Text2PDE's betas (its configs: "linear" = sqrt-linear 8.5e-4 .. 1.2e-2 over 1000 steps) and diffusers' default
 DDPM_BETAS = {"text2pde": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
               "linear": {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}}
-FEATURES = ("u0_max", "energy0", "energyT", "k0", "front_steepness", "front_t", "re", "nu")
+FEATURES = ("u0_max", "energy0", "energyT", "k0", "front_steepness", "front_x", "front_t", "re", "nu")
 
 
 def steps_for(solver: str, nfe: int) -> int:
@@ -68,8 +70,8 @@ def load_test(path: str, n: int, phrasing: int):
     return u, texts
 
 
-def fmt(x: float, digits: int = 3) -> str:
-    return f"{x:.{digits}g}" if math.isfinite(x) else "n/a"
+def fmt(x: float | None, digits: int = 3) -> str:
+    return f"{x:.{digits}g}" if x is not None and math.isfinite(x) else "n/a"
 
 
 def first_frame_rows(prior, problem, u, args) -> list[dict]:
@@ -116,6 +118,36 @@ def first_frame_rows(prior, problem, u, args) -> list[dict]:
                             solver="euler_ancestral", schedule=ddpm_sigmas(kind), solver_options={"eta": 1.0}))
     rows.append(measure("unconditional prior (no frame), dpmpp_2m", 20, b, conditioned=False, solver="dpmpp_2m",
                         steps=20))
+    if args.unet_prior:
+        rows += unet_rows(args.unet_prior, problem, u, reference, args)
+    return rows
+
+
+def unet_rows(path: str, problem, u, reference, args) -> list[dict]:
+    """An unconditional pixel prior (no first-frame encoder) given the first frame as an observation
+    (``tasks.simulate``: covariance guidance or projection of the observed frame)."""
+    from diffpde.inference.consistency import physical_consistency, rollout_error
+    from diffpde.inference.tasks import simulate
+    from diffpde.models.prior import Prior
+
+    prior = Prior.from_pretrained(path).eval()
+    size = sum(p.numel() for p in prior.parameters()) / 1e6
+    rows = []
+    for method in args.unet_methods:
+        for nfe in args.unet_nfe:
+            post = simulate(prior, initial={"u": u[:, 0]}, method=method, n_samples=args.samples, steps=nfe,
+                            seed=args.seed)
+            err = rollout_error(problem, post.samples, u[:, 0], reference=reference)
+            cons = physical_consistency(problem, post.samples)["rel_l2"]
+            first = post.samples["u"][:, :, 0]
+            frame = (first - u[:, None, 0]).flatten(2).norm(dim=2) / u[:, None, 0].flatten(1).norm(dim=1)[:, None]
+            label = f"{prior.net.config_type} {size:.2f} M, frame by {method} ({post.diagnostics['solver']})"
+            row = {"method": label, "nfe": nfe, "rel_l2": float(err.mean()), "rel_l2_std": float(err.std()),
+                   "frame0_rel_l2": float(frame.mean()), "consistency": float(cons.mean()),
+                   "time_per_sample": post.diagnostics["wall_time"] / (u.shape[0] * args.samples), "n": u.shape[0]}
+            print(f"  {label:42s} NFE {nfe!s:5s} rel L2 {fmt(row['rel_l2'])}  t=0 {fmt(row['frame0_rel_l2'])}  "
+                  f"consistency {fmt(row['consistency'])}  {row['time_per_sample']:.3g} s/sample", flush=True)
+            rows.append(row)
     return rows
 
 
@@ -141,17 +173,23 @@ def text_rows(prior, problem, u, texts, args) -> list[dict]:
 
 
 def markdown(first: list[dict], text: list[dict], args) -> str:
-    lines = ["First frame -> trajectory (relative L2 against the solver from the given frame; mean over "
-             f"{first[1]['n'] if len(first) > 1 else '?'} held-out instances, K = {args.samples}):", "",
-             "| method | NFE | rel. L2 vs solver | rel. L2 at t = 0 | physical consistency | s / sample | instances |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = []
+    if first:
+        lines += ["First frame -> trajectory (relative L2 against the solver from the given frame; mean over "
+                  f"the held-out instances, K = {args.samples}):", "",
+                  "| method | NFE | rel. L2 vs solver | rel. L2 at t = 0 | physical consistency | s / sample "
+                  "| instances |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in first:
         lines.append(f"| {r['method']} | {r['nfe'] if r['nfe'] is not None else '-'} | {fmt(r['rel_l2'])} | "
                      f"{fmt(r['frame0_rel_l2']) if 'frame0_rel_l2' in r else '-'} | "
                      f"{fmt(r['consistency']) if r['consistency'] is not None else '-'} | "
                      f"{r['time_per_sample']:.3g} | {r['n']} |")
+    if not text:
+        return "\n".join(lines)
     keys = [k for k in FEATURES if any(k in r["recovery"] for r in text)]
-    lines += ["", f"Text -> trajectory ({args.text_solver}, NFE {args.text_nfe}; one sample per held-out caption): "
+    lines += [""] if lines else []
+    lines += [f"Text -> trajectory ({args.text_solver}, NFE {args.text_nfe}; one sample per held-out caption): "
               "correlation between stated and measured / median relative error, per feature; physical "
               "consistency with the caption's viscosity:", "",
               "| guidance scale | " + " | ".join(k if k != "nu" else "nu (energy decay)" for k in keys)
@@ -182,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text-solver", default="dpmpp_2m")
     ap.add_argument("--text-nfe", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unet-prior", default=None, help="an unconditional pixel prior of the same data: rows with the "
+                    "first frame given as an observation (tasks.simulate)")
+    ap.add_argument("--unet-methods", nargs="+", default=["covariance", "projection"])
+    ap.add_argument("--unet-nfe", type=int, nargs="+", default=[20])
     ap.add_argument("--skip-text", action="store_true")
     ap.add_argument("--skip-frames", action="store_true")
     ap.add_argument("--json", default=None, help="write the results as JSON")
@@ -198,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     first = [] if args.skip_frames else first_frame_rows(prior, problem, u, args)
     text = [] if args.skip_text else text_rows(prior, problem, u, texts, args)
     print()
-    print(markdown(first or [{"method": "-", "nfe": None, "rel_l2": float("nan"), "consistency": None,
-                              "time_per_sample": float("nan"), "n": 0}], text, args))
+    print(markdown(first, text, args))
     if args.json:
         def clean(v):
             if isinstance(v, float) and not math.isfinite(v):
