@@ -84,14 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"this benchmark is for periodic Burgers trajectories u[t, x]; the prior was trained on {src['name']}")
     problem = pdes.get("burgers", src["resolution"], **src.get("parameters", {}))
     n = args.n_test
-    u0 = torch.stack([torch.as_tensor(problem.sample_inputs(1, sample_seed(args.test_seed, i))["u0"][0]) for i in range(n)])
+    u0 = torch.stack([torch.as_tensor(problem.sample_inputs(1, sample_seed(args.test_seed, i))["u0"][0])
+                      for i in range(n)])
     coarse = torch.as_tensor(problem.solve(u0.numpy()))
     cases = {"2x": ((2, 2), burgers_truth(problem, u0, (2, 2))), "4x": ((4, 4), burgers_truth(problem, u0, (4, 4)))}
     i0, i1 = 0, problem.nt - 1
     if args.t_window is not None:
         i0, i1 = (round(f * (problem.nt - 1)) for f in args.t_window)
         if not 0 <= i0 < i1 < problem.nt or i0 % 4 or i1 % 4:
-            ap.error(f"--t-window gives coarse time indices {i0}..{i1}; they must be multiples of 4 in 0..{problem.nt - 1}")
+            ap.error(f"--t-window gives coarse time indices {i0}..{i1}; "
+                     f"they must be multiples of 4 in 0..{problem.nt - 1}")
         cases = {k: (f, truth[:, f[0] * i0:f[0] * i1 + 1]) for k, (f, truth) in cases.items()}
         coarse = coarse[:, i0:i1 + 1]
     coarse_of = {"2x": coarse, "4x": coarse}
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary[f"{label} nfe {r['nfe']}"] = {"superres": r["rel_l2"], "best_baseline": best["method"],
                                                       "baseline": best["rel_l2"], "ratio": r["rel_l2"] / best["rel_l2"]}
     for k, v in summary.items():
-        print(f"{k:>16}: superres {v['superres']:.3e} vs {v['best_baseline']} {v['baseline']:.3e} (ratio {v['ratio']:.2f})")
+        print(f"{k:>16}: superres {v['superres']:.3e} vs {v['best_baseline']} {v['baseline']:.3e} "
+              f"(ratio {v['ratio']:.2f})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"command": command, "prior": prior_dir, "n_test": n, "rows": rows,
@@ -129,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         best = min((r for r in rows if r["case"] == "2x" and r["nfe"] == 0), key=lambda r: r["rel_l2"])["method"]
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         T = float(problem.parameters["T"])
+        labels = ("truth (solver)", "coarse (solver)", f"super-resolution NFE {nfe}", "|SR error|")
         superres_figure(cases["2x"][1][0], coarse[0], samples[("2x", f"superres nfe {nfe}")][0],
-                        samples[("2x", best)][0], labels=("truth (solver)", "coarse (solver)", f"super-resolution NFE {nfe}",
-                                                          "|SR error|"), baseline_label=f"|{best} error|",
+                        samples[("2x", best)][0], labels=labels, baseline_label=f"|{best} error|",
                         extent=(0.0, 1.0, T * i0 / (problem.nt - 1), T * i1 / (problem.nt - 1)), path=args.figure)
     return 0
 

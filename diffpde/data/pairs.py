@@ -50,8 +50,8 @@ from .normalize import Normalizer
 Tensor = torch.Tensor
 
 __all__ = ["KINDS", "METHODS", "axis_kinds", "fourier_resample", "downsample", "upsample", "coarse_mask",
-           "coarse_shape", "fine_shape", "second_difference", "detail", "box_mean", "SCALES", "conditions", "cond_names",
-           "SuperResolutionPairs"]
+           "coarse_shape", "fine_shape", "second_difference", "detail", "box_mean", "SCALES", "conditions",
+           "cond_names", "SuperResolutionPairs"]
 
 KINDS = ("periodic", "interval")
 METHODS = ("nearest", "linear", "spectral")
@@ -75,7 +75,8 @@ def _check(x: Tensor, factors: Sequence[int], kinds: Sequence[str]) -> tuple[tup
     kinds = tuple(kinds)
     factors = tuple(int(f) for f in _per_axis(factors, len(kinds), "factors"))
     if x.ndim < len(kinds):
-        raise ValueError(f"a field with {len(kinds)} axes ({list(kinds)}) needs at least {len(kinds)} dims, got {tuple(x.shape)}")
+        raise ValueError(f"a field with {len(kinds)} axes ({list(kinds)}) needs at least {len(kinds)} dims, "
+                         f"got {tuple(x.shape)}")
     bad = [k for k in kinds if k not in KINDS]
     if bad or min(factors) < 1:
         raise ValueError(f"axis kinds must be in {KINDS} and factors >= 1, got {list(kinds)}, {list(factors)}")
@@ -148,7 +149,8 @@ def _interp(n: int, n_out: int, f: int, periodic: bool, nearest: bool, device) -
         pos = pos.clamp(max=n - 1)
     if nearest:
         lo = torch.ceil(pos - 0.5).long()
-        return (lo % n if periodic else lo.clamp(max=n - 1)).to(device), lo.to(device), torch.zeros(n_out, dtype=torch.float64)
+        lo = lo % n if periodic else lo.clamp(max=n - 1)
+        return lo.to(device), lo.to(device), torch.zeros(n_out, dtype=torch.float64)
     lo = pos.floor().long()
     if not periodic:
         lo = lo.clamp(max=max(n - 2, 0))
@@ -210,7 +212,7 @@ def upsample(x: Tensor, factors: Sequence[int] | int, kinds: Sequence[str], meth
 
 def coarse_mask(shape: Sequence[int], factors: Sequence[int], kinds: Sequence[str] | None = None,
                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
-    """``[*shape]``: 1 at the fine points that are points of the coarse grid (indices divisible by the factor), else 0."""
+    """``[*shape]``: 1 at the fine points that are coarse points (indices divisible by the factor), else 0."""
     factors = tuple(int(f) for f in _per_axis(factors, len(shape), "factors"))
     axes = [(torch.arange(n, device=device) % f == 0) for n, f in zip(shape, factors)]
     mask = axes[0]
@@ -220,7 +222,7 @@ def coarse_mask(shape: Sequence[int], factors: Sequence[int], kinds: Sequence[st
 
 
 def second_difference(x: Tensor, dim: int, kind: str) -> Tensor:
-    """``x[i-1] - 2 x[i] + x[i+1]`` along ``dim``; wraps on periodic axes, repeats the neighbour's value at interval ends."""
+    """``x[i-1] - 2 x[i] + x[i+1]`` along ``dim``; wraps on periodic axes, takes the neighbour's at interval ends."""
     n = x.shape[dim]
     if kind == "periodic":
         return x.roll(1, dim) - 2 * x + x.roll(-1, dim)
@@ -265,7 +267,8 @@ def detail(coarse: Tensor, dim: int, kind: str, method: str) -> Tensor:
 
 
 def conditions(coarse: Tensor, factors: Sequence[int], kinds: Sequence[str], method: str | Sequence[str],
-               shape: Sequence[int] | None = None, scale: str = "local", radius: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+               shape: Sequence[int] | None = None, scale: str = "local",
+               radius: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     """What a super-resolution prior is given about the fine field, from ``coarse`` ``[B, *grid]`` alone.
 
     Returns ``(up, cond, s)``, all on the fine grid:
@@ -311,7 +314,8 @@ _downsample, _upsample = downsample, upsample   # the dataset's arguments of the
 
 def cond_names(field: str, dims: Sequence[str], scale: str = "local") -> tuple[str, ...]:
     """Names of the channels of ``cond`` from :func:`conditions`."""
-    return (f"{field}_coarse", "coarse_mask") + ((tuple(f"{field}_detail_{d}" for d in dims)) if scale != "none" else ())
+    details = tuple(f"{field}_detail_{d}" for d in dims) if scale != "none" else ()
+    return (f"{field}_coarse", "coarse_mask") + details
 
 
 class SuperResolutionPairs(Dataset):
@@ -327,7 +331,8 @@ class SuperResolutionPairs(Dataset):
     - the conditions = :func:`conditions` of ``coarse`` on the grid of ``fine`` (the upsampled
       coarse field ``<field>_coarse``, the ``coarse_mask``, the scaled details ``<field>_detail_<dim>``);
     - the target = ``(fine - up) / s`` (``target="residual"``, field ``<field>_residual``; ``s`` the
-      expected size of the interpolation error, see :func:`conditions`, over boxes of ``radius``) or ``fine`` (``target="field"``, field ``<field>``);
+      expected size of the interpolation error, see :func:`conditions`, over boxes of ``radius``) or
+      ``fine`` (``target="field"``, field ``<field>``);
     - one window of ``crop`` points of each is cut at the same place (periodic axes wrap around;
       offsets are multiples of the factor, so a window starts on a coarse point), so all items
       have one size and a batch mixes levels and factors.
@@ -371,13 +376,15 @@ class SuperResolutionPairs(Dataset):
         self.upsample = tuple(_per_axis(upsample, nd, "upsample"))
         self.downsample, self.target, self.scale, self.radius = downsample, target, scale, int(radius)
         if target not in ("residual", "field") or scale not in SCALES:
-            raise ValueError(f"target must be 'residual' or 'field' and scale one of {SCALES}, got {target!r}, {scale!r}")
+            raise ValueError(f"target must be 'residual' or 'field' and scale one of {SCALES}, "
+                             f"got {target!r}, {scale!r}")
         if target == "field" and scale != "none":
             raise ValueError(f"scale={scale!r} scales a residual; use scale='none' with target='field'")
         if not self.levels or min(self.levels) < 0 or not self.factors or any(min(f) < 1 for f in self.factors):
             raise ValueError(f"need levels >= 0 and factors >= 1, got {self.levels}, {self.factors}")
         if pairs_per_sample < 1 or len(source) == 0:
-            raise ValueError(f"need pairs_per_sample >= 1 and a non-empty dataset, got {pairs_per_sample}, {len(source)}")
+            raise ValueError(f"need pairs_per_sample >= 1 and a non-empty dataset, "
+                             f"got {pairs_per_sample}, {len(source)}")
         self.pairs_per_sample, self.seed, self.n_samples = int(pairs_per_sample), int(seed), len(source)
         raw = torch.stack([source[i][0] for i in range(len(source))]).to(torch.float64)
         self.pyramid = {l: _downsample(raw, 2**l, self.kinds, self.downsample) for l in self.levels}
@@ -391,9 +398,12 @@ class SuperResolutionPairs(Dataset):
         self.normalizer: Normalizer | None = None
         step = max(1, len(self) // stats_items)
         draws = torch.stack([self.raw_item(k)[0] for k in range(0, len(self), step)]).to(torch.float64)
-        mean, std = (float(stats["mean"]), float(stats["std"])) if target == "field" else (float(draws.mean()), float(draws.std()))
+        mean, std = float(draws.mean()), float(draws.std())
+        if target == "field":
+            mean, std = float(stats["mean"]), float(stats["std"])
         n_extra = len(self.cond_names) - 1
-        self.normalizer = Normalizer((self.target_name, *self.cond_names), (mean, float(stats["mean"])) + (0.0,) * n_extra,
+        self.normalizer = Normalizer((self.target_name, *self.cond_names),
+                                     (mean, float(stats["mean"])) + (0.0,) * n_extra,
                                      (std, float(stats["std"])) + (1.0,) * n_extra, nd)
 
     # -- description (what Prior.from_dataset and the trainer read) --------------------------------
@@ -422,8 +432,9 @@ class SuperResolutionPairs(Dataset):
 
     def spec(self) -> dict[str, Any]:
         """How the pairs are made, JSON-serialisable (stored with a super-resolution prior)."""
-        return {"field": self.field, "target": self.target, "scale": self.scale, "radius": self.radius, "dims": list(self.dims),
-                "kinds": list(self.kinds), "levels": list(self.levels), "factors": [list(f) for f in self.factors],
+        return {"field": self.field, "target": self.target, "scale": self.scale, "radius": self.radius,
+                "dims": list(self.dims), "kinds": list(self.kinds), "levels": list(self.levels),
+                "factors": [list(f) for f in self.factors],
                 "crop": list(self.crop), "upsample": list(self.upsample), "downsample": self.downsample,
                 "source": {"path": str(self.path), "problem": self.source_info.config,
                            "grid_shape": list(self.source_info.field(self.field).shape)}}
@@ -471,4 +482,5 @@ class SuperResolutionPairs(Dataset):
 
     def __repr__(self) -> str:
         return (f"SuperResolutionPairs({str(self.path)!r}, field={self.field!r}, levels={self.levels}, "
-                f"factors={self.factors}, crop={self.crop}, target={self.target!r}, scale={self.scale!r}, n={len(self)})")
+                f"factors={self.factors}, crop={self.crop}, target={self.target!r}, scale={self.scale!r}, "
+                f"n={len(self)})")

@@ -58,7 +58,8 @@ def burgers_truth(problem: Any, u0: Tensor | np.ndarray, factors: Sequence[int])
     from .. import pdes
 
     if getattr(problem, "name", None) != "burgers":
-        raise NotImplementedError(f"burgers_truth needs the periodic Burgers family, got {getattr(problem, 'name', problem)!r}")
+        raise NotImplementedError("burgers_truth needs the periodic Burgers family, "
+                                  f"got {getattr(problem, 'name', problem)!r}")
     ft, fx = (int(f) for f in factors)
     u0 = torch.as_tensor(u0, dtype=torch.float64)
     u0 = u0[None] if u0.ndim == 1 else u0
@@ -85,7 +86,8 @@ def steps_for_nfe(solver: str, nfe: int) -> int:
 
 def evaluate_superres(resolver: Any, coarse: Tensor, truths: Mapping[str, tuple[Sequence[int], Tensor]], *,
                       nfes: Sequence[int] = (10, 20), solver: str = "dpmpp_2m", batch_size: int = 4, seed: int = 0,
-                      baselines: Sequence[str] = tuple(BASELINES), samples: Mapping[str, Any] | None = None) -> list[dict]:
+                      baselines: Sequence[str] = tuple(BASELINES),
+                      samples: Mapping[str, Any] | None = None) -> list[dict]:
     """Relative L2 of super-resolution and of the interpolation baselines against the truth.
 
     coarse:  ``[N, *grid]`` coarse fields (physical units).

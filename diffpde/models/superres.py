@@ -108,9 +108,10 @@ class SuperResolver:
         if tuple(prior.fields) != (spec.target_name,) or tuple(prior.cond_fields) != spec.cond_names:
             raise ValueError(f"the prior generates {list(prior.fields)} given {list(prior.cond_fields)}, but the "
                              f"super-resolution spec needs {[spec.target_name]} given {list(spec.cond_names)}")
-        if not isinstance(prior.representation, Identity):
-            raise ValueError("a super-resolution prior must diffuse in the identity representation "
-                             f"(runs on any grid), got {type(prior.representation).__name__}")
+        reps = (prior.representation, getattr(prior, "cond_representation", Identity()))
+        if not all(isinstance(r, Identity) for r in reps):
+            raise ValueError("a super-resolution prior must diffuse in the identity representation and take its "
+                             f"conditions in it (it runs on any grid), got {[type(r).__name__ for r in reps]}")
         if prior.normalizer is None:
             raise ValueError("a super-resolution prior needs a normaliser (of its target and its conditions)")
         self.prior, self.spec = prior, spec
@@ -142,12 +143,72 @@ class SuperResolver:
 
     # -- sampling ------------------------------------------------------------------------------
 
-    def denoiser(self, cond: Tensor, halo: int = 8) -> Callable[[Tensor, Tensor], Tensor]:
+    def denoiser(self, cond: Tensor, tile: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                 halo: int = 8) -> Callable[[Tensor, Tensor], Tensor]:
         """``D(z, sigma)`` on the fine grid of ``cond`` ``[B, C, *fine]`` (physical units, from
-        :func:`~diffpde.data.pairs.conditions`); periodic axes are padded circularly by ``halo``
-        points for the network and cropped after."""
+        :func:`~diffpde.data.pairs.conditions`).
+
+        tile:   evaluate the network on windows of this size (the training crop) every ``stride``
+                points (default 3/4 of the window; periodic axes wrap around, interval axes end on
+                a window at the last point) and blend them with weights that fall to the window's
+                edges. The network normalises its activations over the window it sees (GroupNorm),
+                so windows of the training size give it the statistics it was trained with; on a
+                much larger grid a shock is diluted among smooth regions and the network overshoots.
+        halo:   without ``tile``: the whole grid at once, periodic axes padded circularly by ``halo``.
+        """
         prior = self.prior
         c = prior.normalizer.select(prior.cond_fields).normalize(cond).to(prior.device, torch.float32)
+        c = prior.cond_latent(c)
+        kinds = self.spec.kinds
+        lead = c.ndim - len(kinds)
+        grid = tuple(c.shape[lead:])
+        if tile is None:
+            return self._whole_grid_denoiser(c, halo)
+        tile = tuple(min(int(w), n) for w, n in zip(tile, grid))
+        stride = tuple(max(1, 3 * w // 4) for w in tile) if stride is None else tuple(int(v) for v in stride)
+        axes = []   # per axis: the index windows and the blending weights
+        for n, w, st, k in zip(grid, tile, stride, kinds):
+            if k == "periodic":
+                starts = list(range(0, n, st)) if w < n else [0]
+            else:
+                starts = list(range(0, n - w + 1, st))
+                starts += [n - w] if starts[-1] != n - w else []
+            idx = torch.stack([(s0 + torch.arange(w)) % n for s0 in starts])
+            weight = torch.sin(math.pi * (torch.arange(w) + 0.5) / w) ** 2 + 1e-3
+            axes.append((idx, weight))
+        # flat indices [n_win, *tile] of every window into the flattened grid, and the weights [*tile]
+        flat, weight = torch.zeros(1, dtype=torch.long), torch.ones(())
+        for d, (idx, wgt) in enumerate(axes):
+            step = math.prod(grid[d + 1:])
+            flat = flat[:, None, ..., None] + step * idx.reshape(1, idx.shape[0], *([1] * d), idx.shape[1])
+            flat = flat.reshape(-1, *tile[:d + 1])
+            weight = weight[..., None] * wgt
+        flat, weight = flat.reshape(flat.shape[0], -1).to(c.device), weight.reshape(-1).to(c.device)
+        norm = torch.zeros(math.prod(grid), device=c.device)
+        norm.index_add_(0, flat.reshape(-1), weight.repeat(flat.shape[0]))
+        n_win = flat.shape[0]
+
+        def windows(x: Tensor) -> Tensor:   # [B, C, *grid] -> [B * n_win, C, *tile]
+            b, ch = x.shape[:2]
+            g = x.reshape(b, ch, -1)[:, :, flat.reshape(-1)].reshape(b, ch, n_win, *tile)
+            return g.movedim(2, 1).reshape(b * n_win, ch, *tile)
+
+        cw = windows(c)
+
+        def denoise(z: Tensor, sigma: Tensor) -> Tensor:
+            b, ch = z.shape[:2]
+            cb = cw if cw.shape[0] == b * n_win else windows(c.expand(b, *c.shape[1:]))
+            sig = torch.as_tensor(sigma, device=z.device).reshape(-1).expand(b).repeat_interleave(n_win)
+            out = prior.precond(windows(z.float()), sig, cond=cb)
+            out = out.reshape(b, n_win, ch, -1).movedim(1, 2) * weight
+            acc = torch.zeros(b, ch, math.prod(grid), device=z.device)
+            acc.index_add_(2, flat.reshape(-1), out.reshape(b, ch, -1))
+            return (acc / norm).reshape(z.shape).to(z.dtype)
+
+        return denoise
+
+    def _whole_grid_denoiser(self, c: Tensor, halo: int) -> Callable[[Tensor, Tensor], Tensor]:
+        prior = self.prior
         lead = c.ndim - len(self.spec.kinds)
         periodic = [lead + i for i, k in enumerate(self.spec.kinds) if k == "periodic" and halo > 0]
         if any(halo > c.shape[d] for d in periodic):
@@ -174,7 +235,8 @@ class SuperResolver:
     @torch.no_grad()
     def refine(self, coarse: Tensor, factors: Sequence[int], *, solver: str = "dpmpp_2m", steps: int = 20,
                schedule: str = "karras", generator: torch.Generator | None = None, shape: Sequence[int] | None = None,
-               keep_coarse: bool | None = None, halo: int = 8, **options: Any) -> Tensor:
+               keep_coarse: bool | None = None, tile: Sequence[int] | str | None = "crop", halo: int = 8,
+               **options: Any) -> Tensor:
         """One refinement: ``coarse`` ``[B, *grid]`` (physical units) -> a sample of the fine field ``[B, *fine]``.
 
         factors:     per axis, one of the factors the prior was trained on.
@@ -183,18 +245,22 @@ class SuperResolver:
         shape:       the fine grid (default ``n f`` on periodic, ``f (n - 1) + 1`` points on interval axes).
         keep_coarse: put the coarse values back at the coarse points (default: when the pairs were
                      subsampled, so that the coarse values are point values of the fine field).
+        tile, halo:  how the network covers the grid (:meth:`denoiser`); ``"crop"``: windows of the
+                     training crop, ``None``: the whole grid at once.
         """
         import samplers
 
         spec = self.spec
         factors = tuple(int(f) for f in factors)
         if factors not in spec.factors:
-            raise ValueError(f"factors {list(factors)} were not trained; the prior knows {[list(f) for f in spec.factors]}")
+            raise ValueError(f"factors {list(factors)} were not trained; the prior knows "
+                             f"{[list(f) for f in spec.factors]}")
         coarse = torch.as_tensor(coarse)
         if coarse.ndim == len(spec.kinds):
             coarse = coarse[None]
         if coarse.ndim != len(spec.kinds) + 1 or not torch.isfinite(coarse).all():
-            raise ValueError(f"coarse must be a finite [B, {', '.join(spec.dims)}] field, got shape {tuple(coarse.shape)}")
+            raise ValueError(f"coarse must be a finite [B, {', '.join(spec.dims)}] field, "
+                             f"got shape {tuple(coarse.shape)}")
         up, cond, s = conditions(coarse.to(torch.float64), factors, spec.kinds, spec.upsample, shape, spec.scale,
                                  spec.radius)
         prior = self.prior
@@ -204,7 +270,8 @@ class SuperResolver:
         was_training = prior.training
         prior.eval()
         try:
-            z = samplers.sample(self.denoiser(cond, halo), noise.to(prior.device) * float(sigmas[0]), sigmas,
+            denoiser = self.denoiser(cond, spec.crop if tile == "crop" else tile, halo=halo)
+            z = samplers.sample(denoiser, noise.to(prior.device) * float(sigmas[0]), sigmas,
                                 solver=solver, generator=generator, **options)
         finally:
             prior.train(was_training)
@@ -216,7 +283,8 @@ class SuperResolver:
             out = torch.where(mask, up, out)
         return out
 
-    def superresolve(self, coarse: Tensor, factors: Sequence[Sequence[int]] | Sequence[int], **kwargs: Any) -> list[Tensor]:
+    def superresolve(self, coarse: Tensor, factors: Sequence[Sequence[int]] | Sequence[int],
+                     **kwargs: Any) -> list[Tensor]:
         """Chained refinements: ``factors`` is a list of per-step factors, or the total per axis
         (split by :func:`plan_factors`). Returns the field after each step; ``kwargs`` go to :meth:`refine`."""
         factors = list(factors)
@@ -234,14 +302,16 @@ class SuperResolver:
 
 def train_superres(resolver: SuperResolver, pairs: Any, *, steps: int, batch_size: int = 16, lr: float = 5e-4,
                    betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.0, warmup_steps: int = 50,
-                   schedule: str = "cosine", min_lr_ratio: float = 0.1, grad_clip: float | None = 1.0, ema_decay: float = 0.993,
+                   schedule: str = "cosine", min_lr_ratio: float = 0.1, grad_clip: float | None = 1.0,
+                   ema_decay: float = 0.993,
                    loss: Mapping[str, Any] | None = None, seed: int = 0, log_every: int = 50,
                    output_dir: str | os.PathLike | None = None, save_every: int = 0, num_workers: int = 0,
                    device: str | torch.device | None = None, progress: bool = True) -> tuple[SuperResolver, list[dict]]:
     """Train ``resolver``'s network on ``pairs`` for ``steps`` AdamW steps; returns the EMA resolver and the log.
 
-    Learning rate: linear warm-up, then constant or (``schedule="cosine"``) cosine decay to ``min_lr_ratio * lr``. The loss is
-    ``build_loss(loss)`` (default EDM) on the target channel, the other channels given as ``cond``.
+    Learning rate: linear warm-up, then constant or (``schedule="cosine"``) cosine decay to
+    ``min_lr_ratio * lr``. The loss is ``build_loss(loss)`` (default EDM) on the target channel, the
+    other channels given as ``cond``.
     With ``output_dir`` the EMA resolver is exported to ``output_dir/prior`` every ``save_every``
     steps and at the end, and the log to ``output_dir/log.jsonl``.
     """
@@ -282,7 +352,8 @@ def train_superres(resolver: SuperResolver, pairs: Any, *, steps: int, batch_siz
         p = prior
         ema_prior = Prior(ema.shadow, p.fields, p.grid_shape, cond_fields=p.cond_fields, param_names=p.param_names,
                           normalizer=p.normalizer, representation=p.representation, problem=p.problem_config,
-                          sigma_min=p.sigma_min, sigma_max=p.sigma_max).eval()
+                          sigma_min=p.sigma_min, sigma_max=p.sigma_max,
+                          cond_representation=p.cond_representation).eval()
         trained = SuperResolver(ema_prior, resolver.spec)
         if out is not None:
             trained.save_pretrained(out / "prior")
@@ -291,7 +362,8 @@ def train_superres(resolver: SuperResolver, pairs: Any, *, steps: int, batch_siz
     bar = tqdm(total=steps, disable=not progress, desc="train superres", dynamic_ncols=True)
     for step, batch in enumerate(loader, start=1):
         batch = batch.to(device)
-        per_sample = criterion(precond, batch[:, :1], cond=batch[:, 1:], generator=g)
+        x0, cond = prior.representation.encode(batch[:, :1]), prior.cond_latent(batch[:, 1:])
+        per_sample = criterion(precond, x0, cond=cond, generator=g)
         opt.zero_grad(set_to_none=True)
         per_sample.mean().backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(precond.parameters(), grad_clip if grad_clip else float("inf"))
@@ -352,7 +424,8 @@ def load_superres_config(path: str | os.PathLike, variant: str | None = None,
             rest.append(item)
     unknown = sorted(set(sr) - set(SUPERRES_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown} in section 'superres'; known keys: {', '.join(SUPERRES_KEYS)}")
+        raise ConfigError(f"{path}: unknown key(s) {unknown} in section 'superres'; "
+                          f"known keys: {', '.join(SUPERRES_KEYS)}")
     cfg = load_config(None, rest, variant=variant, base={**raw, "variants": variants})
     return cfg, sr
 
@@ -370,10 +443,12 @@ def train_from_config(path: str | os.PathLike, variant: str | None = None, overr
 
         Path(data.path).parent.mkdir(parents=True, exist_ok=True)
         generate_dataset(data.problem, out=data.path, **data.generate)
-    pairs = SuperResolutionPairs(data.path, data.fields[0], seed=t.seed, indices=None if data.n is None else range(data.n), **sr)
+    pairs = SuperResolutionPairs(data.path, data.fields[0], seed=t.seed,
+                                 indices=None if data.n is None else range(data.n), **sr)
     resolver = SuperResolver.from_pairs(pairs, cfg.model)
     return train_superres(resolver, pairs, steps=t.max_steps, batch_size=t.batch_size, lr=o.lr, betas=o.betas,
-                          weight_decay=o.weight_decay, warmup_steps=o.warmup_steps, schedule=o.schedule, min_lr_ratio=o.min_lr_ratio,
+                          weight_decay=o.weight_decay, warmup_steps=o.warmup_steps, schedule=o.schedule,
+                          min_lr_ratio=o.min_lr_ratio,
                           grad_clip=o.grad_clip, ema_decay=cfg.ema_decay_per_step,
                           loss={"type": cfg.loss.type, **cfg.loss.options}, seed=t.seed, log_every=t.log_every,
                           output_dir=t.output_dir, save_every=t.checkpoint_every, num_workers=t.num_workers,

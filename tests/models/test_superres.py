@@ -73,11 +73,25 @@ def test_chained_sampling_shapes_at_2x_and_4x_on_any_grid(resolver):
         resolver.refine(coarse, (4, 4))
 
 
+def test_windowed_denoiser_blends_windows_and_matches_the_whole_grid(resolver):
+    cond = torch.randn(2, 4, 17, 16, dtype=torch.float64)
+    z, sigma = torch.randn(2, 1, 17, 16), torch.tensor([0.7, 0.3])
+    whole = resolver.denoiser(cond, None, halo=0)(z, sigma)
+    assert torch.allclose(resolver.denoiser(cond, tile=(17, 16))(z, sigma), whole, atol=1e-6)   # one window
+    tiled = resolver.denoiser(cond, tile=(8, 8), stride=(3, 5))(z, sigma)   # wraps in x, ends on the last t
+    assert tiled.shape == z.shape and torch.isfinite(tiled).all()
+    # a window of the training size sees only its own points: far-away changes leave it alone
+    z2 = z.clone()
+    z2[..., 16:, :] += 5.0
+    assert torch.equal(resolver.denoiser(cond, tile=(8, 8), stride=(8, 8))(z2, sigma)[..., :8, :],
+                       resolver.denoiser(cond, tile=(8, 8), stride=(8, 8))(z, sigma)[..., :8, :])
+
+
 def test_halo_is_checked_and_optional(resolver):
     coarse = torch.randn(1, 9, 8, dtype=torch.float64)
-    assert resolver.refine(coarse, (2, 2), steps=2, halo=0).shape == (1, 17, 16)
+    assert resolver.refine(coarse, (2, 2), steps=2, tile=None, halo=0).shape == (1, 17, 16)
     with pytest.raises(ValueError, match="halo"):
-        resolver.refine(coarse, (2, 2), steps=2, halo=40)
+        resolver.refine(coarse, (2, 2), steps=2, tile=None, halo=40)
     with pytest.raises(ValueError, match="finite"):
         resolver.refine(coarse * float("nan"), (2, 2), steps=2)
 
