@@ -49,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--figure", default=None)
-    p.add_argument("--figure-run", default=None, metavar="NAME@NFE",
-                   help="the guided run drawn (default: the first guidance at the largest NFE)")
+    p.add_argument("--figure-run", nargs="+", default=None, metavar="NAME@NFE",
+                   help="the guided runs drawn, e.g. decoder:10@20 (default: the first guided run at the largest NFE)")
     p.add_argument("--instances-shown", type=int, default=4)
     p.add_argument("--device", default=None)
     return p.parse_args(argv)
@@ -84,45 +84,69 @@ def markdown_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def figure(result: dict, cp, inst: dict, path: str, run: str | None, shown: int) -> None:
-    """Target against achieved final states: no control, adjoint, the guided run (re-simulated and generated)."""
+def _runs_shown(samples: dict, runs: list[str] | None) -> list[tuple[str, int]]:
+    """The guided runs drawn: ``NAME@NFE`` each, default the first guided (not ``none``) run at the largest NFE."""
+    if not runs:
+        top = max(n for _, n in samples)
+        guided = [k for k in samples if k[1] == top and not k[0].startswith("none")]
+        return guided[:1] or [next(k for k in samples if k[1] == top)]
+    keys = []
+    for run in runs:
+        name, _, nfe = run.rpartition("@")
+        key = (name, int(nfe)) if nfe.isdigit() else None
+        if key not in samples:
+            raise ValueError(f"--figure-run {run}: no such run; runs: {[f'{a}@{b}' for a, b in samples]}")
+        keys.append(key)
+    return keys
+
+
+def figure(result: dict, cp, inst: dict, path: str, runs: list[str] | None, shown: int) -> None:
+    """Target against achieved final states: no control, the adjoint optimum, and each guided run drawn
+    (re-simulated, solid; generated, dashed; the best of K by J_generated)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples = result["_samples"]
-    key = next(k for k in samples if k[1] == max(n for _, n in samples)) if run is None else \
-        (run.rpartition("@")[0], int(run.rpartition("@")[2]))
-    if key not in samples:
-        raise ValueError(f"--figure-run {run}: no such run; runs: {[f'{a}@{b}' for a, b in samples]}")
-    s = samples[key]
-    best = s.best()
-    out = result["_outcomes"]
+    samples, out = result["_samples"], result["_outcomes"]
+    keys = _runs_shown(samples, runs)
     n = min(shown, inst["target"].shape[0])
+    rows_b = torch.arange(inst["target"].shape[0])
+    colours = ["tab:red", "tab:green", "tab:purple", "tab:orange"]
     if cp.space_dims == 1:
         x = cp.problem.grid.coords["x"]
-        fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+        fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), squeeze=False)
         for i, ax in enumerate(axes[0]):
-            b = int(best[i])
             ax.plot(x, inst["initial"][i], color="0.6", ls=":", label="initial u0")
-            ax.plot(x, inst["target"][i], color="k", lw=2.5, label="target")
+            ax.plot(x, inst["target"][i], color="k", lw=3, label="target")
             ax.plot(x, out["no control"].trajectory[i, -1], color="tab:gray", label="no control")
+            costs = [f"none {float(out['no control'].cost[i]):.2g}"]
             if "adjoint" in out:
                 ax.plot(x, out["adjoint"].trajectory[i, -1], color="tab:blue", label="adjoint optimum")
-            ax.plot(x, s.actual.trajectory[i, b, -1], color="tab:red", label="guided, re-simulated")
-            ax.plot(x, s.state[i, b, -1], color="tab:red", ls="--", label="guided, generated")
-            ax.set_title(f"instance {i}: J_actual {float(s.actual.cost[i, b]):.3g}", fontsize=9)
+                costs.append(f"adjoint {float(out['adjoint'].cost[i]):.2g}")
+            for key, colour in zip(keys, colours):
+                s = samples[key]
+                b = int(s.best()[i])
+                ax.plot(x, s.actual.trajectory[i, b, -1], color=colour,
+                        label=f"{key[0]}, NFE {s.info['nfe']}: re-simulated")
+                ax.plot(x, s.state[i, b, -1], color=colour, ls="--", lw=1, label=f"{key[0]}: generated")
+                costs.append(f"{key[0]} {float(s.actual.cost[i, b]):.2g}")
+            ax.set_title(f"instance {i}, J_actual:\n" + "\n".join(", ".join(costs[j:j + 2])
+                                                               for j in range(0, len(costs), 2)), fontsize=7)
             ax.set_xlabel("x")
         axes[0, 0].set_ylabel("u(T, x)")
-        axes[0, 0].legend(fontsize=7)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+        fig.subplots_adjust(bottom=0.3, top=0.74)
     else:
         cols = [("target", inst["target"]), ("no control", out["no control"].trajectory[:, -1])]
         if "adjoint" in out:
             cols.append(("adjoint optimum", out["adjoint"].trajectory[:, -1]))
-        rows_b = torch.arange(inst["target"].shape[0])
-        cols += [("guided, re-simulated", s.actual.trajectory[rows_b, best, -1]),
-                 ("guided, generated", s.state[rows_b, best, -1])]
+        for key in keys:
+            s = samples[key]
+            best = s.best()
+            cols += [(f"{key[0]}: re-simulated", s.actual.trajectory[rows_b, best, -1]),
+                     (f"{key[0]}: generated", s.state[rows_b, best, -1])]
         fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.4 * n), squeeze=False)
         for i in range(n):
             lim = float(inst["target"][i].abs().max())
@@ -130,10 +154,11 @@ def figure(result: dict, cp, inst: dict, path: str, run: str | None, shown: int)
                 axes[i, j].imshow(v[i], origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
                 axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
                 if i == 0:
-                    axes[i, j].set_title(title, fontsize=9)
-    fig.suptitle(f"{cp.problem.name}: target vs achieved final state ({key[0]}, NFE {s.info['nfe']}, best of "
-                 f"{s.control.shape[1]} by J_generated)", fontsize=10)
-    fig.tight_layout()
+                    axes[i, j].set_title(title, fontsize=8)
+    fig.suptitle(f"{cp.problem.name}: target vs achieved final state (guided: best of {s.control.shape[1]} "
+                 "by J_generated)", fontsize=10)
+    if cp.space_dims != 1:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
