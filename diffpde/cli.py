@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("diffpde.training.cli", "train a diffusion prior from a YAML config (Accelerate)"),
     "sample": ("diffpde.inference.cli", "sample a posterior from observations"),
     "evaluate": ("diffpde.inference.cli", "evaluate a prior on forward / inverse / reconstruction tasks"),
+    "control": ("diffpde.inference.control_cli",
+                "steer a PDE's final state to a target by guided sampling (baselines: no control, adjoint optimum)"),
     "fit-solver": ("diffpde.inference.fit_cli", "fit a learned solver or DPM-Solver-v3's statistics to a prior"),
     "demo": ("diffpde.demo", "the main job on a small Darcy problem: generate, train (or reuse), reconstruct"),
 }

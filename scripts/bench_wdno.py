@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="held-out burgers_dirichlet trajectories (HDF5)")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--nfes", type=int, nargs="+", default=[10, 20, 50])
-    p.add_argument("--methods", nargs="+", default=["projection", "covariance", "wdno"])
+    p.add_argument("--methods", nargs="*", default=["projection", "covariance", "wdno"],
+                   help="rows of the joint priors (none: only --conditional priors)")
     p.add_argument("--conditional", action="append", default=[], metavar="NAME=DIR",
                    help="a conditional prior p(u | f, u0) (variant cond), e.g. wavelet-cond=runs/x/prior")
     p.add_argument("--batch", type=int, default=8)

@@ -7,6 +7,7 @@ from .observations import (
     CallableObservation, LinearObservation, MaskObservation, ObservationOperator, Observations, SensorColumns,
     SparsePoints, StackedObservation,
 )
+from .control import Guidance, adjoint_control, control_problem, evaluate_control, guided_control
 from .consistency import generate, parameter_recovery, physical_consistency, rollout, rollout_error
 from .posterior_io import read_posterior, write_posterior
 from .sampling import Sampling, sample_batches
@@ -15,7 +16,8 @@ from .tasks import Posterior, forward, inverse, reconstruct, simulate
 __all__ = [
     "CallableObservation", "EvaluationResult", "GaussianPrior", "LinearObservation", "METHODS", "MaskObservation",
     "ObservationOperator", "Observations", "Posterior", "Sampling", "SensorColumns", "SparsePoints",
-    "StackedObservation", "evaluate_dataset", "forward", "generate", "get_method", "inverse", "parameter_recovery",
+    "StackedObservation", "Guidance", "adjoint_control", "control_problem", "evaluate_control", "evaluate_dataset",
+    "guided_control", "forward", "generate", "get_method", "inverse", "parameter_recovery",
     "physical_consistency", "rollout", "rollout_error", "read_posterior", "reconstruct",
     "sample_batches", "simulate", "write_posterior",
 ]
