@@ -1,7 +1,7 @@
 """Text2PDE's tasks on a trajectory prior with text and first-frame conditioning: accuracy, guidance,
 parameter recovery and physical consistency.
 
-    python scripts/bench_text2pde.py --prior runs/burgers_text_tiny/prior --data data/burgers_text_32_test64.h5
+    python scripts/bench_conditioning.py --prior runs/burgers_text_tiny/prior --data data/burgers_text_32_test64.h5
 
 The prior is a DiT with text and first-frame encoders trained with condition dropout
 (``configs/burgers_text.yaml``); the test set holds held-out trajectories of the classical solver and
