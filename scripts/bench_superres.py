@@ -16,6 +16,7 @@ conditions (``--test-seed``, another dataset seed than the training data's); for
 
 A third case, ``2x within`` (64 -> 128, the finest pairs seen in training), takes the training-grid
 solution as truth and its subsampled copy as the coarse field, as the training pairs are made.
+``--cases`` picks among ``2x``, ``4x`` and ``within``.
 
 ``--t-window T0 T1`` restricts every case to the times in [T0, T1] (fractions of T; the coarse
 grid's indices there must be multiples of 4) to save CPU time: the network is local (a receptive
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solver", default="dpmpp_2m")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
-    ap.add_argument("--no-within", action="store_true", help="skip the 64 -> 128 case inside the training grid")
+    ap.add_argument("--cases", nargs="+", default=["2x", "4x", "within"], choices=["2x", "4x", "within"],
+                    help="2x / 4x beyond the training grid, and 64 -> 128 within it")
     ap.add_argument("--t-window", type=float, nargs=2, default=None, metavar=("T0", "T1"),
                     help="evaluate on the times in [T0, T1] (fractions of T) only")
     ap.add_argument("--json", default=None, help="write the table as JSON")
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     u0 = torch.stack([torch.as_tensor(problem.sample_inputs(1, sample_seed(args.test_seed, i))["u0"][0])
                       for i in range(n)])
     coarse = torch.as_tensor(problem.solve(u0.numpy()))
-    cases = {"2x": ((2, 2), burgers_truth(problem, u0, (2, 2))), "4x": ((4, 4), burgers_truth(problem, u0, (4, 4)))}
+    cases = {k: ((f, f), burgers_truth(problem, u0, (f, f))) for k, f in (("2x", 2), ("4x", 4)) if k in args.cases}
     i0, i1 = 0, problem.nt - 1
     if args.t_window is not None:
         i0, i1 = (round(f * (problem.nt - 1)) for f in args.t_window)
@@ -96,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"they must be multiples of 4 in 0..{problem.nt - 1}")
         cases = {k: (f, truth[:, f[0] * i0:f[0] * i1 + 1]) for k, (f, truth) in cases.items()}
         coarse = coarse[:, i0:i1 + 1]
-    coarse_of = {"2x": coarse, "4x": coarse}
-    if not args.no_within:
+    coarse_of = {k: coarse for k in cases}
+    if "within" in args.cases:
         coarse_of["2x within"] = downsample(coarse, (2, 2), spec.kinds)
         cases["2x within"] = ((2, 2), coarse)
     rows, samples = [], {}
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"command": command, "prior": prior_dir, "n_test": n, "rows": rows,
                                                "summary": summary}, indent=1))
-    if args.figure:
+    if args.figure and "2x" in cases:
         nfe = max(args.nfe)
         best = min((r for r in rows if r["case"] == "2x" and r["nfe"] == 0), key=lambda r: r["rel_l2"])["method"]
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,13 @@ A :class:`SuperResolver` is a :class:`~diffpde.models.prior.Prior` trained on
 how its pairs were made. Its generated field is the residual ``(fine - up(coarse)) / s`` (or the
 fine field itself), its conditioning fields are what :func:`~diffpde.data.pairs.conditions`
 computes from the coarse field alone (the upsampled coarse field, the coarse-point mask, the
-scaled details the interpolation misses), all on the fine grid. The network (a UNet without attention) is fully
-convolutional, so the prior runs on grids of any size although it was trained on small crops:
-:meth:`SuperResolver.refine` binds the conditions of a coarse field into a denoiser of the fine
-grid (periodic axes padded circularly by ``halo`` points around the network, so the field has no
-edge there) and runs any solver of :mod:`samplers` with any number of steps;
-:meth:`SuperResolver.superresolve` chains refinements with independent factors per axis.
+scaled details the interpolation misses), all on the fine grid. The network (a UNet without
+attention) is convolutional, so the prior runs on grids of any size although it was trained on
+small crops: :meth:`SuperResolver.refine` binds the conditions of a coarse field into a denoiser of
+the fine grid that evaluates the network on overlapping windows of the training crop and blends
+them (its GroupNorm then sees the statistics it was trained with; periodic axes wrap around), and
+runs any solver of :mod:`samplers` with any number of steps; :meth:`SuperResolver.superresolve`
+chains refinements with independent factors per axis.
 
 On disk: the prior's ``config.json`` and ``model.safetensors`` and the spec in ``superres.json``
 (:meth:`SuperResolver.save_pretrained`, :meth:`SuperResolver.from_pretrained`).
