@@ -234,22 +234,13 @@ def inpaint(mask: Tensor, observed: Tensor, generator: torch.Generator | None = 
     After a step ending at ``sigma``: ``x[mask] = observed[mask] + sigma * eps`` with fresh standard
     normal ``eps`` from ``generator`` (exactly ``observed`` at ``sigma = 0``); the other entries are left.
     ``mask`` (bool) and ``observed`` broadcast against the state ``[B, ...]``; ``observed`` is read only
-    where ``mask`` is True.
+    where ``mask`` is True. (:func:`inpaint_decoded` with the identity code.)
     """
-    mask = mask.to(torch.bool)
+    return inpaint_decoded(mask, observed, _identity, _identity, generator)
 
-    def hook(x: Tensor, sigma: float, step: int, denoised: Tensor) -> Tensor:
-        try:
-            torch.broadcast_shapes(mask.shape, observed.shape, x.shape)
-        except RuntimeError:
-            raise ValueError(f"inpaint: mask {tuple(mask.shape)} and observed {tuple(observed.shape)} do not "
-                             f"broadcast to the state {tuple(x.shape)}") from None
-        target = observed.to(device=x.device, dtype=x.dtype).expand_as(x)
-        if sigma > 0:
-            target = target + sigma * randn_like(x, generator)
-        return torch.where(mask.to(x.device), target, x)
 
-    return hook
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 def inpaint_decoded(mask: Tensor, observed: Tensor, encode: Callable[[Tensor], Tensor],
@@ -272,13 +263,15 @@ def inpaint_decoded(mask: Tensor, observed: Tensor, encode: Callable[[Tensor], T
         try:
             torch.broadcast_shapes(mask.shape, observed.shape, v.shape)
         except RuntimeError:
-            raise ValueError(f"inpaint_decoded: mask {tuple(mask.shape)} and observed {tuple(observed.shape)} do "
-                             f"not broadcast to the decoded state {tuple(v.shape)}") from None
+            raise ValueError(f"inpaint: mask {tuple(mask.shape)} and observed {tuple(observed.shape)} do "
+                             f"not broadcast to the (decoded) state {tuple(v.shape)}") from None
         target = observed.to(device=v.device, dtype=v.dtype).expand_as(v)
+        plain = encode is _identity and decode is _identity      # pixel space: no round-off from the code
         if sigma > 0:
-            target = target + (decode(z + sigma * randn_like(z, generator)) - v)
+            eps = randn_like(z, generator)
+            target = target + (sigma * eps if plain else decode(z + sigma * eps) - v)
         new = torch.where(mask.to(v.device), target, v)
-        return z + (encode(new) - encode(v))
+        return new if plain else z + (encode(new) - encode(v))
 
     return hook
 
