@@ -167,5 +167,11 @@ def test_config_loads_with_variant_and_overrides():
     assert cfg.model.network["attention_levels"] == [False, False, False]
     full, sr_full = load_superres_config(CONFIG)
     assert sr_full["crop"] == [64, 64] and full.train.batch_size == 64
+    import inspect
+
+    from diffpde.data import generate_dataset
+
+    for c in (cfg, full):   # what train_from_config passes to generate_dataset when the data is missing
+        inspect.signature(generate_dataset).bind(c.data.problem, out="x.h5", **c.data.generate)
     with pytest.raises(ValueError, match="unknown key"):
         load_superres_config(CONFIG, "tiny", ["superres.level=[0]"])
