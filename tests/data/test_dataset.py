@@ -118,6 +118,31 @@ def test_normalizer_round_trips_as_json():
         norm.select(["f"])
 
 
+@register
+class ToyMismatch(Toy1D):
+    """Test-only family whose u0 has one node more than u's x axis: not stackable."""
+
+    name = "_toy_mismatch"
+
+    @property
+    def fields(self):
+        n = self.resolution
+        return (Field("u0", "input", (n + 1,), ("x",)), Field("u", "output", (4, n), ("t", "x")))
+
+    def sample_inputs(self, n, seed):
+        return {"u0": np.random.default_rng(seed).standard_normal((n, self.resolution + 1))}
+
+    def generate(self, seed):
+        u0 = self.sample_inputs(1, seed)["u0"][0]
+        return {"u0": u0, "u": np.stack([u0[:-1] * 0.5**k for k in range(4)])}
+
+
+def test_a_field_on_fewer_axes_must_match_the_others(tmp_path):
+    bad = generate_dataset("_toy_mismatch", 2, tmp_path / "m.h5", resolution=8, progress=False)
+    with pytest.raises(ValueError, match=r"different shapes .*u0 \(9,\) \['x'\], u \(4, 8\) \['t', 'x'\]"):
+        FieldDataset(bad)
+
+
 def test_clear_errors_for_fields_and_incomplete_files(toy_file, tmp_path):
     with pytest.raises(KeyError, match=r"no field\(s\) \['v'\]; fields in the file: a, u"):
         FieldDataset(toy_file, ("a", "v"))
