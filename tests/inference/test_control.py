@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffpde import pdes
-from diffpde.data import FieldDataset, generate_dataset
+from diffpde.data import generate_dataset
 from diffpde.inference import control as C
 from diffpde.inference import control_cli
 from diffpde.models.prior import Prior
@@ -220,19 +220,12 @@ def test_guidance_options_are_checked():
 
 
 @pytest.fixture(scope="module")
-def tiny_burgers_prior(tmp_path_factory):
+def tiny_burgers_prior(tmp_path_factory, make_standard_normal_prior):
     """A Burgers test set (8 x 8) and an untrained prior over (f, u) whose denoiser is exact for a standard normal."""
     root = tmp_path_factory.mktemp("tiny_burgers")
     data = generate_dataset("burgers_dirichlet", 3, root / "test.h5", resolution=8, parameters={"nt": 8}, seed=0,
                             progress=False)
-    model = {"network": {"type": "unet2d", "block_out_channels": [8, 16], "attention_levels": [False, False],
-                         "norm_num_groups": 4}, "precond": {"type": "edm"}}
-    torch.manual_seed(0)
-    prior = Prior.from_dataset(FieldDataset(data, ("f", "u")), model)
-    with torch.no_grad():
-        prior.net.unet.conv_out.weight.zero_()
-        prior.net.unet.conv_out.bias.zero_()
-    prior.save_pretrained(root / "prior")
+    make_standard_normal_prior(data, ("f", "u"), root / "prior")
     return str(data), str(root / "prior")
 
 
